@@ -1,0 +1,33 @@
+# Prism — make demo · make test · make lint · make bench
+# uv installs the locked environment (uv.lock) into .venv with this machine's Python 3.11.
+# Where uv is missing it is bootstrapped with pip into .tools/.
+
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON ?= python3.11
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: install demo test test-fast lint bench clean
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+install: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
+	$(UV) sync --frozen
+
+demo: install
+	$(RUN) prism demo
+
+test: install
+	$(RUN) pytest
+
+test-fast: install
+	$(RUN) pytest -m "not slow and not e2e"
+
+lint: install
+	$(RUN) ruff check platform tests bench
+
+clean:
+	rm -rf prism_runs prism_data prism_eval .pytest_cache

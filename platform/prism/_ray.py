@@ -1,0 +1,24 @@
+"""Connect to Ray: the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), else a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+__all__ = ["ensure_ray"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """``ray.init`` once: the running cluster when ``RAY_ADDRESS`` is set, an embedded local Ray otherwise."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        log.info("no RAY_ADDRESS: starting a local Ray in this process")
+        ray.init(num_cpus=num_cpus, log_to_driver=True)

@@ -1,0 +1,119 @@
+"""DINOv2 and DINO ViTs built by `timm.create_model` (family "timm_vit").
+
+The wrapped module is a timm `VisionTransformer` without classifier (num_classes=0) and with
+dynamic_img_size=True, so any input whose sides are multiples of the patch size is accepted (the
+position embeddings are interpolated on the fly by timm). Blocks are "model.blocks.{i}".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import timm
+import torch
+
+from prism.backbones._registry import register_backbone
+from prism.backbones.base import Backbone, check_img_size
+
+_TINY = {"embed_dim": 48, "depth": 3, "num_heads": 2}
+
+
+class TimmViTBackbone(Backbone):
+    """timm VisionTransformer wrapper: cls = final-norm class token, patches = final-norm patch tokens.
+
+    Register tokens (DINOv2 *_reg) sit between the class token and the patches and are dropped.
+    """
+
+    family = "timm_vit"
+    block_prefix = "model.blocks"
+    embedding_names = (
+        "model.cls_token",
+        "model.reg_token",
+        "model.pos_embed",
+        "model.patch_embed",
+        "model.norm_pre",
+    )
+    dynamic_img_size = True
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> cls (B, C), patches (B, H/p * W/p, C)."""
+        tokens = self.model.forward_features(x)  # (B, num_prefix_tokens + N, C), after the final norm
+        return tokens[:, 0], tokens[:, self.model.num_prefix_tokens :]
+
+
+@dataclass(frozen=True)
+class TimmViTSpec:
+    """A registered timm ViT: timm model name (with pretrained tag), patch size, default img_size, kwargs."""
+
+    name: str
+    timm_name: str
+    patch_size: int
+    img_size: int
+    kwargs: dict[str, object] = field(default_factory=dict)
+    has_hub_weights: bool = True
+
+
+def build_timm_vit(
+    spec: TimmViTSpec, *, pretrained: bool, img_size: int | None, **overrides: object
+) -> Backbone:
+    """Build `spec` (random init, or hub weights when `pretrained`); overrides go to `timm.create_model`."""
+    kwargs = {**spec.kwargs, **overrides}
+    patch_size = int(kwargs.get("patch_size", spec.patch_size))
+    img_size = check_img_size(spec.img_size if img_size is None else img_size, patch_size, spec.name)
+    if pretrained and not spec.has_hub_weights:
+        raise ValueError(
+            f"{spec.name} is a test architecture without published weights; use pretrained=False"
+        )
+    try:
+        model = timm.create_model(
+            spec.timm_name,
+            pretrained=pretrained,
+            num_classes=0,
+            img_size=img_size,
+            dynamic_img_size=True,
+            **kwargs,
+        )
+    except TypeError as exc:
+        if not overrides:
+            raise
+        raise ValueError(f"{spec.name}: invalid architecture override(s) {sorted(overrides)}: {exc}") from exc
+    except Exception as exc:
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"{spec.name}: could not fetch the pretrained weights of timm model {spec.timm_name!r} from the "
+            f"Hugging Face Hub ({type(exc).__name__}: {exc}). Without network access, put the weights in the "
+            "HF cache (HF_HUB_OFFLINE=1) or download the checkpoint elsewhere and pass weights=PATH."
+        ) from exc
+    patch_h, patch_w = model.patch_embed.patch_size
+    assert patch_h == patch_w == patch_size, (model.patch_embed.patch_size, patch_size)
+    return TimmViTBackbone(
+        model,
+        name=spec.name,
+        patch_size=patch_size,
+        embed_dim=model.embed_dim,
+        img_size=img_size,
+        num_blocks=len(model.blocks),
+        mean=model.pretrained_cfg["mean"],
+        std=model.pretrained_cfg["std"],
+    )
+
+
+SPECS = [
+    *(
+        TimmViTSpec(f"dinov2_vit{size}14{suffix}", f"vit_{arch}_patch14{tag}_dinov2.lvd142m", 14, 224)
+        for size, arch in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))
+        for suffix, tag in (("", ""), ("_reg", "_reg4"))
+    ),
+    TimmViTSpec("dino_vits16", "vit_small_patch16_224.dino", 16, 224),
+    TimmViTSpec("dino_vitb16", "vit_base_patch16_224.dino", 16, 224),
+    TimmViTSpec("dinov2_tiny", "vit_small_patch14_dinov2.lvd142m", 14, 56, _TINY, has_hub_weights=False),
+    TimmViTSpec(
+        "dinov2_tiny_reg", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 56, _TINY, has_hub_weights=False
+    ),
+    TimmViTSpec("dino_tiny", "vit_small_patch16_224.dino", 16, 64, _TINY, has_hub_weights=False),
+]
+
+for _spec in SPECS:
+    register_backbone(_spec.name)(partial(build_timm_vit, _spec))

@@ -1,0 +1,196 @@
+"""``prism`` command line: a thin launcher over the library (parse, load config, call, exit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EPILOG = """examples:
+  prism train jobs/circles.yaml                         train on embedded defaults (local Ray, SQLite MLflow)
+  prism train jobs/circles.yaml train.num_workers=2 stages.1.epochs=10
+  ray job submit --working-dir . -- prism train jobs/circles.yaml
+  prism config jobs/circles.yaml lora.rank=16           print the resolved config
+  prism predict --model models:/circles@champion images/ --out preds.csv
+  prism evaluate --model models:/circles@champion --labels data/labels.csv
+  prism data synth circles --n 600 --out data/circles
+  prism backbones                                       list registered backbones
+"""
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", type=Path, help="job spec YAML (see jobs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.num_workers=2 stages.0.lr.head=1e-3 lora=null")
+
+
+def _cmd_config(args) -> int:
+    from prism.config import dump_config, load_config
+
+    print(dump_config(load_config(args.job, args.overrides)), end="")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from prism.config import load_config
+    from prism.train.driver import run_training
+
+    cfg = load_config(args.job, args.overrides)
+    run_training(cfg, job_file=str(args.job))
+    return 0
+
+
+def _write_results(pred, results, out: Path | None, fmt: str) -> None:
+    frame = pred.to_dataframe(results)
+    if out is None:
+        if fmt == "json":
+            print(json.dumps(results, indent=2))
+        else:
+            print(frame.to_string(index=False))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt in ("json", "both"):
+        path = out.with_suffix(".json")
+        path.write_text(json.dumps(results, indent=2))
+        print(f"[prism] wrote {path}")
+    if fmt in ("csv", "both"):
+        path = out.with_suffix(".csv")
+        frame.to_csv(path, index=False)
+        print(f"[prism] wrote {path}")
+
+
+def _cmd_predict(args) -> int:
+    from prism.predictor import expand_image_paths, load_predictor
+
+    pred = load_predictor(args.model, device=args.device)
+    paths = expand_image_paths(args.images)
+    results = pred.predict([str(p) for p in paths], tta=not args.no_tta, batch_size=args.batch_size,
+                           progress=len(paths) > args.batch_size)
+    fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
+    _write_results(pred, results, args.out, fmt)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from prism.evaluate import evaluate
+    from prism.predictor import load_predictor
+
+    pred = load_predictor(args.model, device=args.device)
+    labels = args.labels
+    if labels is None:
+        from prism.data import resolve_labels_csv
+
+        labels = resolve_labels_csv(pred.cfg)
+    report = evaluate(pred, labels, image_column=pred.cfg.data.image_column, tta=not args.no_tta,
+                      batch_size=args.batch_size, on_bad_rows=args.on_bad_rows)
+    for k, v in sorted(report.metrics.items()):
+        if "/precision/" not in k and "/recall/" not in k:
+            print(f"{k:40s} {v:.4f}")
+    written = report.save(args.out, pred.task)
+    print(f"[prism] {report.n_images} images ({report.skipped} skipped); wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from prism.data.synth import SYNTH_GENERATORS
+
+    out = SYNTH_GENERATORS[args.generator](args.out, n=args.n, size=args.size, seed=args.seed,
+                                           overwrite=args.overwrite)
+    print(f"[prism] wrote {args.n} images and labels.csv to {out}")
+    return 0
+
+
+def _cmd_backbones(args) -> int:
+    from prism.backbones import list_backbones
+
+    print("\n".join(list_backbones()))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from prism.demo import run_demo
+
+    run_demo(workdir=args.workdir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prism.data.synth import SYNTH_GENERATORS
+
+    parser = argparse.ArgumentParser(
+        prog="prism", description="Adapt and serve vision foundation models with LoRA, on Ray.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a job spec on Ray Train, log to MLflow, register the model")
+    _add_job_args(p)
+    p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config of a job spec with overrides")
+    _add_job_args(p)
+    p.set_defaults(fn=_cmd_config)
+
+    def model_args(p):
+        p.add_argument("--model", required=True,
+                       help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a bundle folder")
+        p.add_argument("--no-tta", action="store_true", help="no test-time augmentation")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+        p.add_argument("--batch-size", type=int, default=32)
+
+    p = sub.add_parser("predict", help="predict images (files or folders) → CSV / JSON")
+    model_args(p)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", type=Path, default=None, help="output file (.csv or .json); default: stdout")
+    p.add_argument("--format", choices=["csv", "json", "both"], default=None)
+    p.set_defaults(fn=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="metrics + confusion matrices of a model on a labelled table")
+    model_args(p)
+    p.add_argument("--labels", type=Path, default=None,
+                   help="labels CSV (default: the training data of the model's config)")
+    p.add_argument("--out", type=Path, default=Path("prism_eval"), help="folder for metrics.json and plots")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.set_defaults(fn=_cmd_evaluate)
+
+    p = sub.add_parser("data", help="data utilities")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = dsub.add_parser("synth", help="generate a synthetic labelled dataset")
+    s.add_argument("generator", choices=sorted(SYNTH_GENERATORS))
+    s.add_argument("--n", type=int, default=600, help="number of images")
+    s.add_argument("--out", type=Path, required=True, help="output folder (images/ + labels.csv)")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_cmd_synth)
+
+    p = sub.add_parser("backbones", help="list registered backbones")
+    p.set_defaults(fn=_cmd_backbones)
+
+    p = sub.add_parser("demo", help="synthetic data → training → registry → predictions, on embedded defaults")
+    p.add_argument("--workdir", type=Path, default=Path("."))
+    p.set_defaults(fn=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from prism._schema import ConfigError
+    from prism.data.table import BadRowsError
+
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, BadRowsError, FileNotFoundError) as e:
+        print(f"prism: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

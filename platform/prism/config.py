@@ -1,0 +1,259 @@
+"""Typed job config: YAML file + dotted ``key=value`` overrides, validated before any work starts.
+
+A job spec (``jobs/*.yaml``) has the sections ``task``, ``backbone``, ``lora``, ``stages``, ``data``,
+``train`` and ``tracking``. :func:`load_config` reads it, applies overrides such as
+``train.num_workers=2`` or ``stages.1.lr.lora=3e-4``, and validates the result; any unknown key or bad value
+raises :class:`~prism._schema.ConfigError` naming the key (and the closest valid key for typos).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from prism._schema import ConfigError, StrictModel, format_validation_error
+from prism.tasks.multihead.config import MultiHeadTaskConfig
+
+__all__ = [
+    "AugmentConfig",
+    "BackboneConfig",
+    "ConfigError",
+    "DataConfig",
+    "JobConfig",
+    "LoraSettings",
+    "StageConfig",
+    "SyntheticDataConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "dump_config",
+    "load_config",
+]
+
+class BackboneConfig(StrictModel):
+    """Which foundation model to adapt and how its weights are obtained."""
+
+    name: str = Field(default="dinov2_vits14", description="Registered backbone name (see `prism backbones`).")
+    pretrained: bool = Field(default=False, description="Load the hub's pretrained weights (needs internet).")
+    weights: Path | None = Field(default=None, description="Local weights file (.safetensors/.pth), offline.")
+    img_size: int | None = Field(default=None, ge=14, description="Input size; a multiple of the patch size.")
+    seed: int = Field(default=0, description="Seed of the random init when no weights are loaded.")
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> BackboneConfig:
+        if self.pretrained and self.weights is not None:
+            raise ValueError("set either backbone.pretrained or backbone.weights, not both")
+        return self
+
+
+class LoraSettings(StrictModel):
+    """LoRA adapters injected with peft into the backbone's last K blocks."""
+
+    rank: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    last_k: int | None = Field(default=None, ge=1, description="Adapt the last K blocks; None = all.")
+    targets: list[Literal["attn", "mlp"]] = Field(default_factory=lambda: ["attn"], min_length=1)
+
+
+class StageConfig(StrictModel):
+    """One stage of the plan: which parameters train, for how long, at which learning rates."""
+
+    name: str | None = Field(default=None, description="Display name; defaults to the kind.")
+    kind: Literal["probe", "lora", "unfreeze"]
+    epochs: int = Field(ge=1)
+    lr: dict[Literal["head", "lora", "backbone"], float] = Field(description="Learning rate per group.")
+    blocks: Literal["all"] | int | list[int] = Field(
+        default="all", description="unfreeze only: 'all', the last N blocks, or a list of block indices."
+    )
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not x > 0}
+        if bad:
+            raise ValueError(f"learning rates must be > 0, got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> StageConfig:
+        if self.name is None:
+            self.name = self.kind
+        needed = {"probe": {"head"}, "lora": {"head", "lora"}, "unfreeze": {"head", "backbone"}}[self.kind]
+        missing = sorted(needed - set(self.lr))
+        if missing:
+            raise ValueError(f"stage '{self.name}' ({self.kind}) needs lr for {missing}, got {sorted(self.lr)}")
+        return self
+
+
+class SyntheticDataConfig(StrictModel):
+    """Data made by a generator when no dataset is given (demos and tests)."""
+
+    generator: Literal["circles"] = "circles"
+    n: int = Field(default=600, ge=10)
+    size: int = Field(default=128, ge=16)
+    seed: int = 0
+    cache_dir: Path = Field(default=Path("prism_data"), description="Where generated data is written.")
+
+
+class AugmentConfig(StrictModel):
+    """Training augmentation, applied on CPU in Ray Data ``map_batches``."""
+
+    hflip: bool = True
+    vflip: bool = False
+    rot90: bool = Field(default=False, description="Random multiples of 90 degrees.")
+    crop_scale: tuple[float, float] = Field(default=(0.8, 1.0), description="Random resized crop area range.")
+    brightness: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class DataConfig(StrictModel):
+    """Where images and labels come from and how they are split and fed."""
+
+    root: Path | None = Field(default=None, description="Image folder; None = synthetic data.")
+    labels: Path | None = Field(default=None, description="Labels CSV; default <root>/labels.csv.")
+    image_column: str = "image"
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    on_bad_rows: Literal["error", "skip"] = Field(
+        default="error", description="error: stop naming the file/row; skip: drop, count and log."
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    batch_size: int = Field(default=32, ge=1, description="Per-worker batch size.")
+    shuffle_buffer: int = Field(default=256, ge=0, description="Local shuffle buffer in rows; 0 = off.")
+    map_batch_size: int = Field(default=64, ge=1, description="Rows per Ray Data decode task batch.")
+    progress_bars: bool = Field(default=False, description="Ray Data's per-operator progress bars.")
+    check_images: bool = Field(
+        default=True, description="Decode every image once before training so bad files fail early."
+    )
+
+    def labels_path(self) -> Path | None:
+        if self.labels is not None:
+            return self.labels
+        return None if self.root is None else self.root / "labels.csv"
+
+
+class TrainConfig(StrictModel):
+    """Ray Train scaling, precision, checkpoint selection, early stopping and resume."""
+
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        default="auto", description="auto = bf16 on GPUs that support it, else fp16 on GPU, off on CPU."
+    )
+    metric: str = Field(default="val/macro_f1", description="Metric that picks the best checkpoint.")
+    mode: Literal["max", "min"] = "max"
+    early_stop_patience: int | None = Field(
+        default=None, ge=1, description="End a stage after this many epochs without improvement."
+    )
+    resume_from: Path | None = Field(default=None, description="Checkpoint directory to resume from.")
+    storage_path: Path = Field(default=Path("prism_runs"), description="Ray Train storage (checkpoints).")
+    checkpoints_to_keep: int = Field(default=2, ge=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    seed: int = 0
+
+
+class TrackingConfig(StrictModel):
+    """MLflow experiment, run name and registered model."""
+
+    experiment: str = "prism"
+    run_name: str | None = None
+    model_name: str | None = Field(default=None, description="Registered model name; None = do not register.")
+    alias: str = Field(default="champion", description="Alias moved to a new version only when it is better.")
+    tracking_uri: str | None = Field(default=None, description="Overrides MLFLOW_TRACKING_URI.")
+
+
+class JobConfig(StrictModel):
+    """A whole training job."""
+
+    task: MultiHeadTaskConfig
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = no LoRA.")
+    stages: list[StageConfig] = Field(min_length=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _plan_consistent(self) -> JobConfig:
+        for i, st in enumerate(self.stages):
+            if st.kind == "lora" and self.lora is None:
+                raise ValueError(f"stages.{i} is a lora stage but lora is null; configure lora: {{rank: …}}")
+            if st.kind == "unfreeze" and self.lora is not None and "lora" not in st.lr:
+                raise ValueError(f"stages.{i} ({st.name}) unfreezes with LoRA present: give lr.lora too")
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.path=value (e.g. train.num_workers=2)")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{item}' has an empty key")
+    return parts, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override '{item}': '{where}' — index out of range (length {len(node)})")
+                node = node[int(part)]
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override '{item}': '{where}' is a value, not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override '{item}': index '{last}' out of range (length {len(node)})")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                raw: dict[str, Any] | None = None) -> JobConfig:
+    """Read a YAML job spec (or a ``raw`` dict), apply overrides, validate. Raises :class:`ConfigError`."""
+    if raw is None:
+        if path is None:
+            raise ConfigError("give a job spec path or a raw config dict")
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"job spec not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p} must hold a mapping of sections, got {type(raw).__name__}")
+    merged = apply_overrides(raw, list(overrides or []))
+    try:
+        return JobConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(JobConfig, e, source=str(path or "config"))) from None
+
+
+def dump_config(cfg: JobConfig) -> str:
+    """The resolved config as YAML (what MLflow stores and ``prism config`` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,100 @@
+"""Ray datasets for training: labels table → stratified split → lazily decoded, augmented image batches.
+
+Everything heavy (reading, decoding, resizing, augmenting) runs in Ray Data ``map_batches`` on CPU, streamed
+to the Train workers, which receive ``{"image": uint8 (B, S, S, 3), "y_<head>": int64 (B,)}`` batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from prism.data.images import DecodeImages, check_decodable
+from prism.data.table import LabelTable, raise_or_skip, read_label_table
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from prism.config import JobConfig
+    from prism.tasks.base import Task
+
+__all__ = ["TrainData", "build_datasets", "resolve_labels_csv", "split_table"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainData:
+    """The datasets handed to the trainer and what was learnt while building them."""
+
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    n_train: int
+    n_val: int
+    skipped: pd.DataFrame
+    labels_csv: Path
+
+
+def resolve_labels_csv(cfg: JobConfig) -> Path:
+    """The labels CSV of ``cfg.data``; with no ``data.root`` the synthetic generator's output (made once)."""
+    path = cfg.data.labels_path()
+    if path is not None:
+        return Path(path).resolve()
+    from prism.data.synth import SYNTH_GENERATORS
+
+    s = cfg.data.synthetic
+    out = (Path(s.cache_dir) / f"{s.generator}-n{s.n}-s{s.size}-seed{s.seed}").resolve()
+    if not (out / "labels.csv").is_file():
+        log.info("no data.root: generating %d synthetic '%s' images in %s", s.n, s.generator, out)
+        SYNTH_GENERATORS[s.generator](out, n=s.n, size=s.size, seed=s.seed)
+    return out / "labels.csv"
+
+
+def split_table(rows: pd.DataFrame, stratify: np.ndarray, val_fraction: float, seed: int
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified train/val split (sklearn); falls back to a plain split when a class is too rare."""
+    _, counts = np.unique(stratify, return_counts=True)
+    strat = stratify if counts.min() >= 2 and len(rows) * val_fraction >= len(counts) else None
+    if strat is None:
+        log.warning("a class has too few rows to stratify the split; using a random split")
+    train, val = train_test_split(rows, test_size=val_fraction, random_state=seed, stratify=strat)
+    return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def _check_images(table: LabelTable, on_bad_rows: str, source: str) -> LabelTable:
+    import ray.data
+
+    probe = ray.data.from_pandas(table.rows[["path"]]).map_batches(check_decodable, batch_size=64)
+    bad = probe.to_pandas()
+    if bad.empty:
+        return table
+    return raise_or_skip(table, bad[["path", "reason"]], on_bad_rows, source)
+
+
+def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
+    """Validate the labels and images, split, and build the lazy train/val Ray datasets."""
+    import ray.data
+
+    d = cfg.data
+    ray.data.DataContext.get_current().enable_progress_bars = d.progress_bars
+    csv = resolve_labels_csv(cfg)
+    table = read_label_table(csv, d.image_column, task.label_columns(), task.unknown_labels, d.on_bad_rows)
+    if d.check_images:
+        table = _check_images(table, d.on_bad_rows, str(csv))
+    if len(table.rows) < 2:
+        raise ValueError(f"{csv}: fewer than 2 usable rows after dropping {len(table.skipped)} bad ones")
+    targets = task.encode_labels(table.rows)
+    rows = pd.concat([table.rows[["path"]], pd.DataFrame(targets)], axis=1)
+    train_df, val_df = split_table(rows, task.stratify_key(table.rows), d.val_fraction, d.split_seed)
+    a = d.augment
+    decode_train = DecodeImages(img_size, train=True, hflip=a.hflip, vflip=a.vflip, rot90=a.rot90,
+                                crop_scale=a.crop_scale, brightness=a.brightness)
+    train = ray.data.from_pandas(train_df).map_batches(decode_train, batch_size=d.map_batch_size)
+    val = ray.data.from_pandas(val_df).map_batches(DecodeImages(img_size), batch_size=d.map_batch_size)
+    return TrainData(train, val, len(train_df), len(val_df), table.skipped, csv)

@@ -1,0 +1,126 @@
+"""The predictor: preprocessing, batching, TTA and postprocessing beside the model.
+
+``prism predict``, ``prism evaluate``, the MLflow pyfunc flavour and the Serve deployment all call the same
+:class:`Predictor`, so a result never depends on which door it came through.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from prism.data.images import decode_image, read_bytes, resize_rgb
+from prism.tasks._images import to_model_input
+
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "Predictor", "expand_image_paths", "load_predictor"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
+
+
+def expand_image_paths(items: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories expanded to their image files (sorted). Missing paths raise."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {p}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {p}")
+    return out
+
+
+class Predictor:
+    """Images → JSON-able results for one model bundle (see :mod:`prism.bundle`)."""
+
+    def __init__(self, cfg, task, model: torch.nn.Module, device: str | torch.device = "cpu",
+                 source: str = ""):
+        self.cfg = cfg
+        self.task = task
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.source = source
+        self.img_size = int(cfg.backbone.img_size)
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None) -> Predictor:
+        from prism.bundle import load_bundle
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cfg, task, model = load_bundle(Path(path), device=device)
+        return cls(cfg, task, model, device, source=str(path))
+
+    def load_image(self, image: ImageInput, name: str = "<image>") -> np.ndarray:
+        """One input → ``uint8 (S, S, 3)``; undecodable input raises ``ValueError`` naming ``name``."""
+        if isinstance(image, Image.Image):
+            img = image
+        elif isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[-1] not in (3, 4):
+                raise ValueError(f"{name}: array images must be (H, W, 3|4), got {image.shape}")
+            img = Image.fromarray(image.astype(np.uint8))
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            img = decode_image(bytes(image), name)
+        else:
+            img = decode_image(read_bytes(str(image)), str(image))
+        return resize_rgb(img, self.img_size)
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray, tta: bool | list[str] = True) -> list[dict[str, Any]]:
+        """``uint8 (B, S, S, 3)`` already resized → results (no names)."""
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(images)), self.task.mean, self.task.std,
+                           self.device)
+        return self.task.postprocess(self.task.infer(self.model, x, tta=tta))
+
+    def predict(self, images: Sequence[ImageInput], tta: bool | list[str] = True, batch_size: int = 32,
+                names: Sequence[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+        """Results in input order, each ``{"image": name, <task fields>}``."""
+        if names is None:
+            names = [str(i) if isinstance(i, (str, Path)) else f"image_{k}" for k, i in enumerate(images)]
+        results: list[dict[str, Any]] = []
+        steps = range(0, len(images), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="predict", unit="batch")
+        for start in steps:
+            chunk = images[start:start + batch_size]
+            arrays = np.stack([self.load_image(im, names[start + k]) for k, im in enumerate(chunk)])
+            for k, r in enumerate(self.predict_arrays(arrays, tta=tta)):
+                results.append({"image": names[start + k], **r})
+        return results
+
+    def to_dataframe(self, results: list[dict[str, Any]]) -> pd.DataFrame:
+        return self.task.results_frame(results)
+
+    def info(self) -> dict[str, Any]:
+        return {"source": self.source, "task": self.task.name, "backbone": self.cfg.backbone.name,
+                "img_size": self.img_size, "labels": self.task.label_maps()}
+
+
+def load_predictor(source: str | Path, device: str | torch.device | None = None) -> Predictor:
+    """A predictor from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/…`` or a bundle folder."""
+    from prism.tracking import resolve_model_uri
+
+    path = resolve_model_uri(str(source))
+    pred = Predictor.from_bundle(path, device=device)
+    pred.source = str(source)
+    return pred
+
+
+def image_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    """Encode a PIL image (helper for clients and tests)."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()

@@ -1,0 +1,38 @@
+"""Image tensors shared by every task: uint8 batches → normalised model input, and TTA views."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["apply_view", "to_model_input"]
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 (or float in 0..255) → ``(B, 3, H, W)`` float32, normalised, on ``device``.
+
+    The uint8 batch is moved first and converted on the device, so host→device copies stay 4× smaller.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected images of shape (B, H, W, 3), got {tuple(images.shape)}")
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s).contiguous()
+
+
+def apply_view(x: torch.Tensor, op: str) -> torch.Tensor:
+    """One test-time view of ``(B, 3, H, W)``: ``identity``, ``hflip``, ``vflip``, ``rot90``, ``rot270``."""
+    if op == "identity":
+        return x
+    if op == "hflip":
+        return x.flip(-1)
+    if op == "vflip":
+        return x.flip(-2)
+    if op == "rot90":
+        return torch.rot90(x, 1, dims=(-2, -1))
+    if op == "rot270":
+        return torch.rot90(x, 3, dims=(-2, -1))
+    raise ValueError(f"unknown TTA op '{op}'; valid: identity, hflip, vflip, rot90, rot270")

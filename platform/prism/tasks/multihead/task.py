@@ -1,0 +1,152 @@
+"""The multi-head classification task: the object the train loop, predictor and Serve talk to."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prism.tasks._images import apply_view, to_model_input
+from prism.tasks.base import Task
+from prism.tasks.multihead.config import NA
+from prism.tasks.multihead.labels import encode_labels, unknown_labels
+from prism.tasks.multihead.loss import multihead_loss
+from prism.tasks.multihead.metrics import MultiHeadMetrics
+from prism.tasks.multihead.model import MultiHeadClassifier, build_heads
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["MultiHeadTask"]
+
+
+class MultiHeadTask(Task):
+    """Heads and classes from ``cfg.task``; conditional heads answer ``na`` where undefined."""
+
+    name = "multihead"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.tcfg = cfg.task
+        self.mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+        self.std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    # -- model -------------------------------------------------------------------------------------
+    def build_model(self) -> MultiHeadClassifier:
+        from prism.adapters import add_lora
+        from prism.backbones import create_backbone
+
+        b = self.cfg.backbone
+        backbone = create_backbone(b.name, pretrained=b.pretrained, weights=b.weights, img_size=b.img_size,
+                                   seed=b.seed)
+        if self.cfg.lora is not None:
+            lo = self.cfg.lora
+            add_lora(backbone, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, last_k=lo.last_k,
+                     targets=tuple(lo.targets))
+        self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.cfg.train.seed)
+            heads = build_heads(self.tcfg, backbone.embed_dim)
+        return MultiHeadClassifier(backbone, heads, pooling=self.tcfg.pooling)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.cfg.backbone.img_size or 224)
+
+    # -- data --------------------------------------------------------------------------------------
+    def label_columns(self) -> list[str]:
+        return [h.name for h in self.tcfg.heads]
+
+    def unknown_labels(self, df: pd.DataFrame) -> pd.Series:
+        """Per row, a message naming labels that are not classes of their head ('' = fine)."""
+        return unknown_labels(self.tcfg, df)
+
+    def encode_labels(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        return encode_labels(self.tcfg, df)
+
+    def stratify_key(self, df: pd.DataFrame) -> np.ndarray:
+        """Labels of the first head: the split keeps its class proportions in train and val."""
+        return df[self.tcfg.heads[0].name].fillna("").astype(str).to_numpy()
+
+    def collate(self, batch: dict[str, torch.Tensor], device: torch.device
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = to_model_input(batch["image"], self.mean, self.std, device)
+        targets = {f"y_{h.name}": batch[f"y_{h.name}"].to(device, torch.int64) for h in self.tcfg.heads}
+        return x, targets
+
+    # -- training ----------------------------------------------------------------------------------
+    def loss(self, outputs, targets):
+        return multihead_loss(self.tcfg, outputs, targets)
+
+    def metrics(self) -> MultiHeadMetrics:
+        return MultiHeadMetrics(self.tcfg)
+
+    # -- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = False) -> dict[str, torch.Tensor]:
+        """``(B, 3, H, W)`` → ``{head: probabilities (B, K)}``, averaged over the identity and TTA views.
+
+        ``tta`` is False (identity only), True (the configured ``task.tta`` views) or an explicit list.
+        """
+        ops = ["identity"] + (list(self.tcfg.tta) if tta is True else list(tta or []))
+        acc: dict[str, torch.Tensor] = {}
+        for op in ops:
+            logits = model(apply_view(x, op))
+            for k, z in logits.items():
+                p = z.float().softmax(dim=-1)
+                acc[k] = p if k not in acc else acc[k] + p
+        return {k: v / len(ops) for k, v in acc.items()}
+
+    def postprocess(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """``{head: probabilities (B, K)}`` → per image ``{head: {"prediction", "probabilities"}}``.
+
+        A conditional head's prediction is ``na`` where its condition fails on the *predicted* classes
+        of the heads it depends on; its probabilities are still reported (they are conditional).
+        """
+        probs = {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}
+        n = len(next(iter(probs.values())))
+        results: list[dict[str, Any]] = []
+        for i in range(n):
+            pred = {h.name: h.classes[int(probs[h.name][i].argmax())] for h in self.tcfg.heads}
+            row: dict[str, Any] = {}
+            for h in self.tcfg.heads:
+                defined = all(pred[p] in allowed for p, allowed in (h.only_when or {}).items())
+                row[h.name] = {
+                    "prediction": pred[h.name] if defined else NA,
+                    "probabilities": {c: round(float(probs[h.name][i][j]), 6) for j, c in enumerate(h.classes)},
+                }
+            results.append(row)
+        return results
+
+    def build_datasets(self, img_size: int):
+        from prism.data import build_datasets
+
+        return build_datasets(self.cfg, self, img_size)
+
+    def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Confusion matrices (rows = truth) per head as ``confusion/<head>.png``."""
+        from prism.tasks.multihead.plots import confusion_figure
+
+        cms = stats.get("confusion", {})
+        return {f"confusion/{h.name}.png": confusion_figure(np.asarray(cms[h.name]), h.classes, title=h.name)
+                for h in self.tcfg.heads if h.name in cms}
+
+    def results_frame(self, results: list[dict[str, Any]]) -> pd.DataFrame:
+        """Results → one row per image: ``image``, ``<head>`` (prediction), ``<head>_prob_<class>``."""
+        import pandas as pd
+
+        rows = []
+        for r in results:
+            row: dict[str, Any] = {"image": r.get("image")}
+            for h in self.tcfg.heads:
+                row[h.name] = r[h.name]["prediction"]
+                for c, p in r[h.name]["probabilities"].items():
+                    row[f"{h.name}_prob_{c}"] = p
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def label_maps(self) -> dict[str, Any]:
+        return {"heads": self.tcfg.label_maps(),
+                "only_when": {h.name: h.only_when for h in self.tcfg.heads if h.only_when}}

@@ -1,0 +1,207 @@
+"""Model registry: log a bundle as a pyfunc model, register versions, move the champion alias.
+
+A registered version's tags say how it was ranked (``prism.metric`` / ``prism.metric_value`` /
+``prism.metric_mode``) and which base weights it adapts (``prism.backbone`` /
+``prism.weights_sha256`` from the bundle's ``backbone.json``). ``promote_if_better`` compares
+those tags. Resolving URIs to local bundle directories lives in ``prism.tracking.resolve``
+(``resolve_model_uri`` and ``describe_model`` are also importable from here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+from mlflow.exceptions import MlflowException
+
+from prism.tracking.pyfunc import log_bundle_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALIAS = "champion"
+MODES = ("max", "min")
+METRIC_TAG = "prism.metric"
+METRIC_VALUE_TAG = "prism.metric_value"
+METRIC_MODE_TAG = "prism.metric_mode"
+# backbone.json field -> version tag
+BACKBONE_TAGS = {"name": "prism.backbone", "weights_sha256": "prism.weights_sha256"}
+
+
+def get_registered_model(name: str, client: mlflow.MlflowClient | None = None) -> RegisteredModel:
+    """The registered model ``name``; ``ValueError`` listing the registered models if unknown."""
+    client = client or mlflow.MlflowClient()
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+    raise ValueError(f"no registered model {name!r}; registered models: {', '.join(names) or '(none)'}")
+
+
+def get_version(name: str, version: int | str, client: mlflow.MlflowClient | None = None) -> ModelVersion:
+    """Version ``version`` of model ``name``; ``ValueError`` listing the existing versions if unknown."""
+    client = client or mlflow.MlflowClient()
+    get_registered_model(name, client)
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    raise ValueError(f"model {name!r} has no version {version!r}; versions: {versions}")
+
+
+def get_version_by_alias(name: str, alias: str, client: mlflow.MlflowClient | None = None) -> ModelVersion:
+    """The version of ``name`` holding ``alias``; ``ValueError`` listing the model's aliases if unset."""
+    client = client or mlflow.MlflowClient()
+    aliases = get_registered_model(name, client).aliases or {}
+    if alias not in aliases:
+        listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "(none)"
+        raise ValueError(f"model {name!r} has no alias {alias!r}; aliases: {listed}")
+    return client.get_model_version(name, str(aliases[alias]))
+
+
+def version_tags(bundle_dir: Path, metric: str, value: float, mode: str) -> dict[str, str]:
+    """Tags for a new version: ranking metric, and backbone name / weights hash if ``backbone.json`` has them."""
+    tags = {METRIC_TAG: metric, METRIC_VALUE_TAG: repr(float(value)), METRIC_MODE_TAG: mode}
+    backbone_json = Path(bundle_dir) / "backbone.json"
+    if backbone_json.is_file():
+        info = json.loads(backbone_json.read_text())
+        tags.update(
+            {tag: str(info[field]) for field, tag in BACKBONE_TAGS.items() if info.get(field) is not None}
+        )
+    return tags
+
+
+@contextmanager
+def _attached_run(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the active run (MLflow links logged models to it), restoring its status after."""
+    active = mlflow.active_run()
+    if active is not None:
+        if active.info.run_id != run_id:
+            raise RuntimeError(
+                f"register_bundle(run_id={run_id!r}) while run {active.info.run_id} is active; "
+                "call it inside that run's `with mlflow.start_run(run_id=...)` block or after it ended"
+            )
+        yield
+        return
+    client = mlflow.MlflowClient()
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException as exc:
+        raise ValueError(f"unknown run {run_id!r} in {mlflow.get_tracking_uri()}: {exc.message}") from exc
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:
+        if client.get_run(run_id).info.status != status:
+            client.update_run(run_id, status=status)
+
+
+def register_bundle(
+    bundle_dir: Path,
+    model_name: str,
+    *,
+    run_id: str,
+    metric: str,
+    value: float,
+    mode: Literal["max", "min"],
+    pip_requirements: list[str] | None = None,
+) -> ModelVersion:
+    """Log ``bundle_dir`` as pyfunc model ``model`` of run ``run_id`` and register a new version.
+
+    See ``log_bundle_model`` for the stored layout and ``pip_requirements``. If no run is active,
+    ``run_id`` is resumed for the logging and its status restored after; if another run is active
+    this is a ``RuntimeError``. Does not move any alias; see ``promote_if_better``.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise ValueError(
+            f"bundle_dir {str(bundle_dir)!r} is not a directory; pass the folder the exporter wrote"
+        )
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not model_name:
+        raise ValueError("model_name must be a non-empty string, e.g. 'prism-dinov2-vits14'")
+    tags = version_tags(bundle_dir, metric, value, mode)
+    with _attached_run(run_id):
+        info = log_bundle_model(bundle_dir, pip_requirements)
+    return mlflow.register_model(info.model_uri, model_name, tags=tags)
+
+
+def _ranking(mv: ModelVersion) -> tuple[str, float, str] | None:
+    tags = mv.tags or {}
+    try:
+        return tags[METRIC_TAG], float(tags[METRIC_VALUE_TAG]), tags[METRIC_MODE_TAG]
+    except (KeyError, ValueError):
+        return None
+
+
+def set_alias(model_name: str, alias: str, version: int | str) -> None:
+    """Point ``alias`` of ``model_name`` at ``version`` (``ValueError`` for unknown model/version/bad alias)."""
+    client = mlflow.MlflowClient()
+    get_version(model_name, version, client)
+    try:
+        client.set_registered_model_alias(model_name, alias, str(version))
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise ValueError(f"invalid alias {alias!r} for model {model_name!r}: {exc.message}") from exc
+
+
+def promote_if_better(model_name: str, version: int | str, alias: str = DEFAULT_ALIAS) -> bool:
+    """Move ``alias`` to ``version`` if it beats the version holding it; return whether it moved.
+
+    Compares the ``prism.metric*`` tags written by ``register_bundle`` using the new version's
+    mode (``max``: higher wins, ``min``: lower wins). No holder -> promote; tie, same version, a
+    non-finite new value, or a holder ranked on a different metric -> not moved (warning for the
+    last two: use ``set_alias`` to move it deliberately).
+    """
+    client = mlflow.MlflowClient()
+    new = get_version(model_name, version, client)
+    ranking = _ranking(new)
+    if ranking is None:
+        raise ValueError(
+            f"version {version} of {model_name!r} has no {METRIC_TAG}/{METRIC_VALUE_TAG}/{METRIC_MODE_TAG} tags; "
+            "register it with register_bundle() or move the alias with set_alias()"
+        )
+    metric, value, mode = ranking
+    if not math.isfinite(value):
+        log.warning("%s v%s has %s=%s; %r not moved", model_name, new.version, metric, value, alias)
+        return False
+    aliases = get_registered_model(model_name, client).aliases or {}
+    if alias in aliases:
+        current = client.get_model_version(model_name, str(aliases[alias]))
+        if current.version == new.version:
+            return False
+        held = _ranking(current)
+        if held is None or held[0] != metric:
+            log.warning(
+                "%s v%s holds %r but is not ranked on %r; not moved (use set_alias to move it)",
+                model_name,
+                current.version,
+                alias,
+                metric,
+            )
+            return False
+        if math.isfinite(held[1]) and not (value > held[1] if mode == "max" else value < held[1]):
+            return False
+    client.set_registered_model_alias(model_name, alias, str(new.version))
+    log.info("%s: %r -> v%s (%s=%s)", model_name, alias, new.version, metric, value)
+    return True
+
+
+def __getattr__(name: str):  # resolve_model_uri / describe_model live in prism.tracking.resolve
+    if name in ("resolve_model_uri", "describe_model"):
+        from prism.tracking import resolve
+
+        return getattr(resolve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

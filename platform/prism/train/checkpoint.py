@@ -1,0 +1,48 @@
+"""Per-epoch checkpoints: a model bundle plus optimizer and :class:`TrainState`, written by rank 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from prism.bundle import WEIGHTS_FILE, write_bundle_meta
+from prism.train.state import TrainState
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prism.config import JobConfig
+    from prism.tasks.base import Task
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(path: Path, *, cfg: JobConfig, task: Task, model: nn.Module, names: list[str],
+                    optimizer: torch.optim.Optimizer, state: TrainState, metrics: dict[str, float],
+                    extra: dict | None = None) -> Path:
+    """Write a loadable bundle (see :mod:`prism.bundle`) + ``optimizer.pt`` + ``state.json`` into ``path``."""
+    from prism.adapters import save_adapted
+
+    path = Path(path)
+    write_bundle_meta(path, cfg, task, model)
+    save_adapted(path / WEIGHTS_FILE, model, names, metadata={"epoch": str(state.epoch)})
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    state.save(path / "state.json")
+    (path / "metrics.json").write_text(json.dumps({"metrics": metrics, **(extra or {})}, default=float))
+    return path
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> tuple[TrainState, dict | None]:
+    """Load adapted weights into ``model``; return the saved state and optimizer state dict (or None)."""
+    from prism.adapters import load_adapted
+
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Prism checkpoint (no state.json); give a checkpoint_* dir")
+    load_adapted(path / WEIGHTS_FILE, model, strict=True)
+    opt = path / "optimizer.pt"
+    opt_state = torch.load(opt, map_location="cpu", weights_only=True) if opt.is_file() else None
+    return TrainState.load(path / "state.json"), opt_state

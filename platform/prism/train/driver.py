@@ -1,0 +1,166 @@
+"""The TorchTrainer driver: data → Ray Train → MLflow run → registered model version.
+
+``run_training(cfg)`` is what ``prism train`` calls (directly, or inside ``ray job submit``): it validates
+and splits the data, builds a :class:`ray.train.torch.TorchTrainer` around
+:func:`prism.train.loop.train_loop_per_worker`, logs everything to one MLflow run, and registers the best
+checkpoint as a new model version, moving the ``champion`` alias only when the new version is better.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from prism._ray import ensure_ray
+from prism.bundle import BUNDLE_FILES
+from prism.config import JobConfig
+from prism.train.callbacks import MlflowEpochLogger
+from prism.train.loop import train_loop_per_worker
+
+__all__ = ["TrainOutcome", "build_trainer", "resolve_img_size", "run_training"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished training job produced."""
+
+    run_id: str
+    best_metric: float
+    metric: str
+    best_checkpoint: Path
+    history: list[dict[str, float]]
+    model_version: str | None = None
+    promoted: bool = False
+
+
+def resolve_img_size(cfg: JobConfig) -> JobConfig:
+    """Fill ``backbone.img_size`` with the backbone's default (built on the meta device: no memory)."""
+    if cfg.backbone.img_size is not None:
+        return cfg
+    import torch
+
+    from prism.backbones import create_backbone
+
+    with torch.device("meta"):
+        bb = create_backbone(cfg.backbone.name, pretrained=False, img_size=None)
+    return cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"img_size": bb.img_size})})
+
+
+def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = None,
+                  run_name: str | None = None, resume_from: str | None = None) -> TorchTrainer:
+    """The TorchTrainer for ``cfg`` (also what a Tune trial runs)."""
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg.model_dump(mode="json"),
+                           "resume_from": None if resume_from is None else str(Path(resume_from).resolve())},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        datasets=datasets,
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(t.storage_path).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
+                                               checkpoint_score_attribute=t.metric,
+                                               checkpoint_score_order=t.mode),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def _read_checkpoint_json(checkpoint, name: str) -> dict:
+    with checkpoint.as_directory() as d:
+        return json.loads((Path(d) / name).read_text())
+
+
+def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
+    """Train ``cfg`` end to end and return where the results went (see the module docstring)."""
+    from prism.tasks import build_task
+    from prism.tracking import (
+        browse_command,
+        configure_tracking,
+        get_or_create_experiment,
+        log_figure,
+        log_history_plots,
+        log_resolved_config,
+        promote_if_better,
+        register_bundle,
+        tag_stages,
+    )
+
+    cfg = resolve_img_size(cfg)
+    uri = configure_tracking(cfg.tracking.tracking_uri)
+    experiment_id = get_or_create_experiment(cfg.tracking.experiment)
+    ensure_ray()
+    task = build_task(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name) as run:
+        run_id = run.info.run_id
+        log_resolved_config(cfg.model_dump(mode="json"))
+        tag_stages([s.model_dump(mode="json") for s in cfg.stages])
+        mlflow.set_tags({"prism.task": task.name, "prism.backbone": cfg.backbone.name,
+                         "prism.job_file": job_file or ""})
+        data = task.build_datasets(cfg.backbone.img_size)
+        mlflow.log_params({"data.n_train": data.n_train, "data.n_val": data.n_val,
+                           "data.labels_csv": str(data.labels_csv)})
+        mlflow.log_metric("data/skipped_rows", len(data.skipped))
+        if len(data.skipped):
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "skipped_rows.csv"
+                data.skipped.to_csv(p, index=False)
+                mlflow.log_artifact(str(p), artifact_path="data")
+        print(f"[prism] data: {data.n_train} train / {data.n_val} val images from {data.labels_csv}"
+              + (f" ({len(data.skipped)} bad rows skipped, see data/skipped_rows.csv)" if len(data.skipped) else ""),
+              flush=True)
+
+        trainer = build_trainer(cfg, {"train": data.train, "val": data.val},
+                                callbacks=[MlflowEpochLogger(uri, run_id)],
+                                run_name=f"{cfg.tracking.experiment}-{run_id[:8]}",
+                                resume_from=None if cfg.train.resume_from is None else str(cfg.train.resume_from))
+        result = trainer.fit()
+        best = result.get_best_checkpoint(metric=cfg.train.metric, mode=cfg.train.mode)
+        if best is None:
+            raise RuntimeError("training finished without a checkpoint; see the worker logs above")
+        best_info = _read_checkpoint_json(best, "metrics.json")
+        latest = result.checkpoint or best
+        history = _read_checkpoint_json(latest, "state.json")["history"]
+        best_value = float(best_info["metrics"][cfg.train.metric])
+        mlflow.log_metric(f"best/{cfg.train.metric}", best_value)
+        log_history_plots(history, [cfg.train.metric, "val/accuracy", "val/macro_f1"])
+        for path, fig in task.figures(best_info.get("stats", {})).items():
+            log_figure(fig, path)
+
+        outcome = TrainOutcome(run_id, best_value, cfg.train.metric, Path(best.path), history)
+        if cfg.tracking.model_name:
+            with tempfile.TemporaryDirectory() as tmp, best.as_directory() as d:
+                bundle = Path(tmp) / "bundle"
+                bundle.mkdir()
+                for name in (*BUNDLE_FILES, "metrics.json"):
+                    shutil.copy2(Path(d) / name, bundle / name)
+                mv = register_bundle(bundle, cfg.tracking.model_name, run_id=run_id, metric=cfg.train.metric,
+                                     value=best_value, mode=cfg.train.mode)
+            outcome.model_version = str(mv.version)
+            outcome.promoted = promote_if_better(cfg.tracking.model_name, mv.version, alias=cfg.tracking.alias)
+    _print_summary(cfg, outcome, browse_command(uri))
+    return outcome
+
+
+def _print_summary(cfg: JobConfig, o: TrainOutcome, browse: str) -> None:
+    lines = [f"[prism] best {o.metric} = {o.best_metric:.4f}  (MLflow run {o.run_id})",
+             f"[prism] best checkpoint: {o.best_checkpoint}"]
+    if o.model_version:
+        alias = cfg.tracking.alias
+        moved = f"alias '{alias}' moved to it" if o.promoted else f"alias '{alias}' kept (not better)"
+        lines.append(f"[prism] registered models:/{cfg.tracking.model_name}/{o.model_version} — {moved}")
+        lines.append(f"[prism] predict: prism predict --model models:/{cfg.tracking.model_name}@{alias} IMAGES…")
+    lines.append(f"[prism] browse runs and models: {browse}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,190 @@
+"""``train_loop_per_worker``: the one training function, generic over tasks.
+
+The TorchTrainer driver (:mod:`prism.train.driver`), Ray Tune and ``ray job submit`` all run this same
+function. It knows no task by name: the task object builds the model, turns batches into tensors, computes
+the loss and the metrics. Each epoch it trains on this worker's shard of ``train``, evaluates on its shard of
+``val``, all-reduces the metrics, and reports them with a checkpoint (written by rank 0).
+
+``config`` keys: ``job`` (the resolved :class:`~prism.config.JobConfig` as a dict) and optionally
+``resume_from`` (a checkpoint directory).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from prism.config import JobConfig
+from prism.train.checkpoint import load_checkpoint, save_checkpoint
+from prism.train.precision import autocast, resolve_amp
+from prism.train.state import TrainState, is_better
+
+__all__ = ["train_loop_per_worker"]
+
+
+def _all_mean(values: torch.Tensor) -> torch.Tensor:
+    """Sum ``(sum, count)`` pairs over workers (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _cosine_factor(epochs: int):
+    """LR multiplier per epoch of a stage: cosine from 1 down to 0.1."""
+    return lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
+
+
+def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimizer, scaler, cfg: JobConfig,
+                 device: torch.device, amp_dtype) -> dict[str, float]:
+    ddp.train()
+    totals = torch.zeros(2, dtype=torch.float64)
+    start = time.perf_counter()
+    buffer = cfg.data.shuffle_buffer or None
+    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, local_shuffle_buffer_size=buffer):
+        x, targets = task.collate(batch, device)
+        with autocast(device, amp_dtype):
+            outputs = ddp(x)
+        loss, _ = task.loss(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.train.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        totals += torch.tensor([float(loss.detach()) * len(x), len(x)], dtype=torch.float64)
+    elapsed = time.perf_counter() - start
+    local_images = float(totals[1])
+    totals = _all_mean(totals)
+    if totals[1] == 0:
+        raise RuntimeError("the training shard produced no batches: is the train split empty?")
+    return {"train/loss": float(totals[0] / totals[1]), "train/images_per_s": local_images / max(elapsed, 1e-9)}
+
+
+@torch.no_grad()
+def _evaluate(task, model: nn.Module, shard, cfg: JobConfig, device: torch.device, amp_dtype):
+    model.eval()
+    acc = task.metrics()
+    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size):
+        x, targets = task.collate(batch, device)
+        with autocast(device, amp_dtype):
+            outputs = model(x)
+        loss, _ = task.loss(outputs, targets)
+        acc.update(outputs, targets, float(loss))
+    acc.reduce()
+    return acc
+
+
+def _restore(model: nn.Module, resume_from: str | None) -> tuple[TrainState, dict | None]:
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and resume_from:
+        ckpt = ray.train.Checkpoint.from_directory(resume_from)
+    if ckpt is None:
+        return TrainState(), None
+    with ckpt.as_directory() as d:
+        return load_checkpoint(Path(d), model)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Run the stage plan of ``config["job"]`` on this worker (see the module docstring)."""
+    from prism.adapters import apply_stage, trainable_names_union, trainable_report
+    from prism.tasks import build_task
+
+    cfg = JobConfig.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed)
+    task = build_task(cfg)
+    model = task.build_model()
+    names = sorted(trainable_names_union(model, cfg.stages))
+    state, opt_state = _restore(model, config.get("resume_from"))
+    device = ray.train.torch.get_device()
+    model.to(device)
+    amp_dtype = resolve_amp(cfg.train.amp, device)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    epochs_per_stage = [s.epochs for s in cfg.stages]
+    if rank == 0 and state.epoch:
+        print(f"[prism] resuming after epoch {state.epoch}: stage {state.stage_index}, "
+              f"epoch {state.epoch_in_stage} of that stage", flush=True)
+
+    for si in range(state.stage_index, len(cfg.stages)):
+        stage = cfg.stages[si]
+        groups = apply_stage(model, stage)
+        params = [p for g in groups for p in g["params"]]
+        optimizer = torch.optim.AdamW(groups)
+        if opt_state is not None and state.optimizer_stage == si:
+            optimizer.load_state_dict(opt_state)
+        opt_state = None
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_factor(stage.epochs))
+        for _ in range(state.epoch_in_stage):
+            sched.step()
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        ddp: nn.Module = model
+        if world > 1:
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if rank == 0:
+            print(f"[prism] stage {si + 1}/{len(cfg.stages)} '{stage.name}' ({stage.kind}, {stage.epochs} "
+                  f"epochs)\n{trainable_report(model)}", flush=True)
+
+        for e in range(state.epoch_in_stage, stage.epochs):
+            t0 = time.perf_counter()
+            lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+            train_m = _train_epoch(task, ddp, params, train_shard, optimizer, scaler, cfg, device, amp_dtype)
+            sched.step()
+            acc = _evaluate(task, model, val_shard, cfg, device, amp_dtype)
+            val_m = acc.compute("val/")
+            if cfg.train.metric not in val_m and cfg.train.metric not in train_m:
+                raise ValueError(f"train.metric '{cfg.train.metric}' is not reported; choose one of "
+                                 f"{sorted([*val_m, *train_m])}")
+            state.epoch += 1
+            state.epoch_in_stage = e + 1
+            metrics = {"epoch": state.epoch, "stage_index": si, **train_m, **val_m, **lrs,
+                       "epoch_time_s": time.perf_counter() - t0}
+            value = metrics[cfg.train.metric]
+            if is_better(value, state.best, cfg.train.mode):
+                state.best = value
+            if is_better(value, state.stage_best, cfg.train.mode):
+                state.stage_best, state.bad_epochs = value, 0
+            else:
+                state.bad_epochs += 1
+            patience = cfg.train.early_stop_patience
+            stop = patience is not None and state.bad_epochs >= patience and e + 1 < stage.epochs
+            state.history.append({k: float(v) for k, v in metrics.items()})
+            state.optimizer_stage = si
+            nxt = state.next_position(epochs_per_stage, stopped_early=stop)
+            if rank == 0:
+                print(_epoch_line(cfg, stage.name, metrics, stop), flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    save_checkpoint(Path(tmp), cfg=cfg, task=task, model=model, names=names,
+                                    optimizer=optimizer, state=nxt, metrics=metrics, extra={"stats": acc.export()})
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{state.epoch:04d}")
+            if stop:
+                break
+        state.epoch_in_stage = 0
+        state.stage_best, state.bad_epochs = None, 0
+        if world > 1:
+            del ddp
+
+
+def _epoch_line(cfg: JobConfig, stage: str, m: dict[str, float], stopped: bool) -> str:
+    keys = ["train/loss", "val/loss", "val/accuracy", "val/macro_f1"]
+    if cfg.train.metric not in keys:
+        keys.append(cfg.train.metric)
+    shown = "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+    tail = "  (early stop: next stage)" if stopped else ""
+    return (f"[prism] epoch {int(m['epoch']):3d}/{cfg.total_epochs} [{stage}]  {shown}  "
+            f"{m['train/images_per_s']:.0f} img/s  {m['epoch_time_s']:.1f}s{tail}")

@@ -1,0 +1,65 @@
+"""Job specs: YAML + dotted overrides, strict validation with messages that name the key."""
+
+import pytest
+
+from prism.config import ConfigError, apply_overrides, dump_config, load_config
+from tests.conftest import CIRCLES_JOB
+
+
+def test_circles_job_loads_with_overrides():
+    cfg = load_config(CIRCLES_JOB, ["train.num_workers=2", "stages.1.lr.lora=3e-4", "lora.rank=4"])
+    assert cfg.train.num_workers == 2
+    assert cfg.stages[1].lr["lora"] == pytest.approx(3e-4)
+    assert cfg.lora.rank == 4
+    assert [h.name for h in cfg.task.heads] == ["presence", "closure", "circularity"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.num_workrs=2", "train.num_workrs: unknown key (did you mean 'train.num_workers'?)"),
+        ("backbone.img_sise=56", "did you mean 'backbone.img_size'"),
+        ("stages.0.kind=finetune", "stages.0.kind"),
+        ("train.num_workers=0", "train.num_workers"),
+        ("stages.0.lr.head=-1", "stages.0.lr"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("lora=null", "lora stage but lora is null"),
+        ("stages.1.lr={head: 1e-3}", "needs lr for ['lora']"),
+        ("task.heads.1.only_when={presence: [circle]}", "not classes of 'presence'"),
+        ("task.heads.0.classes=[a, na]", "'na'"),
+        ("train.mode=maximum", "train.mode"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(CIRCLES_JOB, [override])
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["novalue", "=3", "stages.9.epochs=1"])
+def test_malformed_overrides(override):
+    with pytest.raises(ConfigError):
+        load_config(CIRCLES_JOB, [override])
+
+
+def test_apply_overrides_does_not_mutate_and_parses_yaml():
+    raw = {"a": {"b": 1}, "l": [{"x": 1}]}
+    out = apply_overrides(raw, ["a.b=2.5", "a.c=[1, 2]", "l.0.x=true", "new.key=hello"])
+    assert raw == {"a": {"b": 1}, "l": [{"x": 1}]}
+    assert out == {"a": {"b": 2.5, "c": [1, 2]}, "l": [{"x": True}], "new": {"key": "hello"}}
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(CIRCLES_JOB, ["lora.last_k=1"])
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
