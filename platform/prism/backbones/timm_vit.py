@@ -17,6 +17,9 @@ from prism.backbones._registry import register_backbone
 from prism.backbones.base import Backbone, check_img_size
 
 _TINY = {"embed_dim": 48, "depth": 3, "num_heads": 2}
+# DINOv2's LayerScale starts at 1e-5, which is right for fine-tuning pretrained weights but makes a
+# random-init model ignore its blocks (and its LoRA adapters). Tiny random variants start it at 1.
+_TINY_DINOV2 = {**_TINY, "init_values": 1.0}
 
 
 class TimmViTBackbone(Backbone):
@@ -108,9 +111,9 @@ SPECS = [
     ),
     TimmViTSpec("dino_vits16", "vit_small_patch16_224.dino", 16, 224),
     TimmViTSpec("dino_vitb16", "vit_base_patch16_224.dino", 16, 224),
-    TimmViTSpec("dinov2_tiny", "vit_small_patch14_dinov2.lvd142m", 14, 56, _TINY, has_hub_weights=False),
+    TimmViTSpec("dinov2_tiny", "vit_small_patch14_dinov2.lvd142m", 14, 56, _TINY_DINOV2, has_hub_weights=False),
     TimmViTSpec(
-        "dinov2_tiny_reg", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 56, _TINY, has_hub_weights=False
+        "dinov2_tiny_reg", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 56, _TINY_DINOV2, has_hub_weights=False
     ),
     TimmViTSpec("dino_tiny", "vit_small_patch16_224.dino", 16, 64, _TINY, has_hub_weights=False),
 ]

@@ -11,6 +11,7 @@ the loss and the metrics. Each epoch it trains on this worker's shard of ``train
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -30,6 +31,10 @@ from prism.train.precision import autocast, resolve_amp
 from prism.train.state import TrainState, is_better
 
 __all__ = ["train_loop_per_worker"]
+
+# Ray Train routes a worker's log records to the driver's console and its log files once each (a plain
+# print() can show up twice when another library wraps stdout).
+log = logging.getLogger("prism.train")
 
 
 def _all_mean(values: torch.Tensor) -> torch.Tensor:
@@ -115,8 +120,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     epochs_per_stage = [s.epochs for s in cfg.stages]
     if rank == 0 and state.epoch:
-        print(f"[prism] resuming after epoch {state.epoch}: stage {state.stage_index}, "
-              f"epoch {state.epoch_in_stage} of that stage", flush=True)
+        log.info(f"[prism] resuming after epoch {state.epoch}: stage {state.stage_index}, "
+                 f"epoch {state.epoch_in_stage} of that stage")
 
     for si in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[si]
@@ -134,8 +139,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1:
             ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if rank == 0:
-            print(f"[prism] stage {si + 1}/{len(cfg.stages)} '{stage.name}' ({stage.kind}, {stage.epochs} "
-                  f"epochs)\n{trainable_report(model)}", flush=True)
+            log.info(f"[prism] stage {si + 1}/{len(cfg.stages)} '{stage.name}' ({stage.kind}, {stage.epochs} "
+                     f"epochs)\n{trainable_report(model)}")
 
         for e in range(state.epoch_in_stage, stage.epochs):
             t0 = time.perf_counter()
@@ -164,7 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.optimizer_stage = si
             nxt = state.next_position(epochs_per_stage, stopped_early=stop)
             if rank == 0:
-                print(_epoch_line(cfg, stage.name, metrics, stop), flush=True)
+                log.info(_epoch_line(cfg, stage.name, metrics, stop))
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if rank == 0:

@@ -22,6 +22,10 @@ def build_heads(cfg: MultiHeadTaskConfig, embed_dim: int) -> nn.ModuleDict:
             )
         else:
             heads[h.name] = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, len(h.classes)))
+    for m in heads.modules():
+        if isinstance(m, nn.Linear):  # small init, as timm does for classifier heads: starts near uniform
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
     return heads
 
 

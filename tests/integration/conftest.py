@@ -1,0 +1,31 @@
+"""Integration tests share one local Ray (2 CPUs) per module and run in a scratch working folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch working folder with its own SQLite MLflow store (the embedded default)."""
+    d = tmp_path_factory.mktemp("work")
+    old = os.getcwd()
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(d)
+    yield d
+    os.chdir(old)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
