@@ -18,6 +18,7 @@ EPILOG = """examples:
   prism predict --model models:/circles@champion images/ --out preds.csv
   prism evaluate --model models:/circles@champion --labels data/labels.csv
   prism data synth circles --n 600 --out data/circles
+  prism export --model models:/circles@champion --out exported/   LoRA merged, plain safetensors
   prism backbones                                       list registered backbones
 """
 
@@ -104,6 +105,14 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from prism.export import export_merged
+
+    out = export_merged(args.model, args.out)
+    print(f"[prism] merged LoRA and wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    return 0
+
+
 def _cmd_backbones(args) -> int:
     from prism.backbones import list_backbones
 
@@ -167,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_cmd_synth)
+
+    p = sub.add_parser("export", help="merge LoRA into the backbone and write plain safetensors weights")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser("backbones", help="list registered backbones")
     p.set_defaults(fn=_cmd_backbones)

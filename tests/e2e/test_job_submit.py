@@ -64,3 +64,4 @@ def test_job_submit_without_token_is_refused(cluster, project):
     out = run(["ray", "job", "submit", "--address", address, "--", "echo", "hi"], cwd=project,
               env={"RAY_AUTH_MODE": "disabled"}, timeout=120)
     assert out.returncode != 0
+    assert "Missing authentication token" in out.stdout + out.stderr

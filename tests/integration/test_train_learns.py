@@ -101,7 +101,7 @@ def test_worse_model_does_not_take_champion(trained, workdir):
     cfg, o = trained
     worse = load_config(CIRCLES_JOB, [
         "tracking.experiment=learns", "train.storage_path=" + str(workdir / "runs"),
-        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]", "data.synthetic.n=600",
+        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]", "data.synthetic.n=120", "backbone.img_size=56",
     ])
     o2 = run_training(worse)
     assert o2.model_version == "2" and not o2.promoted

@@ -70,6 +70,9 @@ def split_table(rows: pd.DataFrame, stratify: np.ndarray, val_fraction: float, s
 def _check_images(table: LabelTable, on_bad_rows: str, source: str) -> LabelTable:
     import ray.data
 
+    from prism._ray import ensure_ray
+
+    ensure_ray()
     probe = ray.data.from_pandas(table.rows[["path"]]).map_batches(check_decodable, batch_size=64)
     bad = probe.to_pandas()
     if bad.empty:
@@ -87,6 +90,9 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     table = read_label_table(csv, d.image_column, task.label_columns(), task.unknown_labels, d.on_bad_rows)
     if d.check_images:
         table = _check_images(table, d.on_bad_rows, str(csv))
+    from prism._ray import ensure_ray
+
+    ensure_ray()
     if len(table.rows) < 2:
         raise ValueError(f"{csv}: fewer than 2 usable rows after dropping {len(table.skipped)} bad ones")
     targets = task.encode_labels(table.rows)

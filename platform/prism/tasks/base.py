@@ -49,6 +49,10 @@ class Task(ABC):
 
     name: str
 
+    #: input normalisation, set from the backbone by :meth:`build_model`
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
 
@@ -74,6 +78,11 @@ class Task(ABC):
     @abstractmethod
     def metrics(self) -> MetricAccumulator:
         """A fresh accumulator for one evaluation pass."""
+
+    @abstractmethod
+    def infer(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = False) -> dict[str, torch.Tensor]:
+        """Inference outputs for a normalised batch ``(B, 3, H, W)``, optionally averaged over TTA views;
+        what :meth:`postprocess` and the metrics accumulator take."""
 
     @abstractmethod
     def postprocess(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:

@@ -101,7 +101,6 @@ def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
     cfg = resolve_img_size(cfg)
     uri = configure_tracking(cfg.tracking.tracking_uri)
     experiment_id = get_or_create_experiment(cfg.tracking.experiment)
-    ensure_ray()
     task = build_task(cfg)
     with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name) as run:
         run_id = run.info.run_id
@@ -109,7 +108,8 @@ def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
         tag_stages([s.model_dump(mode="json") for s in cfg.stages])
         mlflow.set_tags({"prism.task": task.name, "prism.backbone": cfg.backbone.name,
                          "prism.job_file": job_file or ""})
-        data = task.build_datasets(cfg.backbone.img_size)
+        data = task.build_datasets(cfg.backbone.img_size)  # validates the table before starting Ray
+        ensure_ray()
         mlflow.log_params({"data.n_train": data.n_train, "data.n_val": data.n_val,
                            "data.labels_csv": str(data.labels_csv)})
         mlflow.log_metric("data/skipped_rows", len(data.skipped))

@@ -1,0 +1,72 @@
+"""Model bundles round-trip (adapted weights only) and export merges LoRA into loadable plain weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prism.adapters import save_adapted, trainable_names_union
+from prism.bundle import WEIGHTS_FILE, load_bundle, write_bundle_meta
+from prism.config import load_config
+from prism.tasks import build_task
+from tests.conftest import CIRCLES_JOB
+
+PLAN = "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    cfg = load_config(CIRCLES_JOB, [PLAN, "backbone.img_size=56"])
+    task = build_task(cfg)
+    model = task.build_model()
+    with torch.no_grad():  # make LoRA and heads non-trivial, as after training
+        for n, p in model.named_parameters():
+            if "lora_B" in n or n.startswith("heads."):
+                p.normal_(0, 0.05)
+    names = sorted(trainable_names_union(model, cfg.stages))
+    write_bundle_meta(tmp_path, cfg, task, model)
+    save_adapted(tmp_path / WEIGHTS_FILE, model, names)
+    return tmp_path, model.eval(), names
+
+
+def test_bundle_holds_only_adapted_weights_and_round_trips(bundle):
+    path, model, names = bundle
+    saved = load_file(str(path / WEIGHTS_FILE))
+    assert set(saved) == set(names)
+    assert all(".lora_" in k or k.startswith("heads.") for k in saved)  # no base backbone tensors
+    meta = json.loads((path / "backbone.json").read_text())
+    assert meta["weights_sha256"] == model.backbone.weights_sha256
+    _, _, rebuilt = load_bundle(path)
+    x = torch.randn(3, 3, 56, 56)
+    with torch.no_grad():
+        a, b = model(x), rebuilt(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_bundle_refuses_other_base_weights(bundle):
+    path, _, _ = bundle
+    cfg_file = path / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("seed: 0", "seed: 1", 1))
+    with pytest.raises(ValueError, match="differ from the ones this model was trained on"):
+        load_bundle(path)
+
+
+def test_export_merges_lora_into_plain_backbone_weights(bundle, tmp_path_factory):
+    from prism.backbones import create_backbone
+    from prism.export import export_merged
+
+    path, model, _ = bundle
+    out = export_merged(str(path), tmp_path_factory.mktemp("export"))
+    backbone = create_backbone("dinov2_tiny", weights=out / "backbone.safetensors", img_size=56)
+    assert not any(".lora_" in n for n, _ in backbone.named_parameters())
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        expected = model.backbone(x)["cls"]
+        got = backbone(x)["cls"]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert set(load_file(str(out / "heads.safetensors"))) == {k.removeprefix("heads.") for k in model.state_dict()
+                                                             if k.startswith("heads.")}
