@@ -16,7 +16,9 @@ from tests.e2e.conftest import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
 
+# Two workers of half a CPU each: DDP over gloo, metrics all-reduced, on a 2-CPU cluster.
 OVERRIDES = ["data.synthetic.n=90", "backbone.img_size=56", "tracking.experiment=submitted",
+             "train.num_workers=2", "train.cpus_per_worker=0.5",
              "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"]
 
 
@@ -49,6 +51,7 @@ def test_job_submit_trains_and_registers(cluster, project):
     assert out.returncode == 0, text[-4000:]
     assert "succeeded" in text
     assert "[prism] epoch   2/2 [lora]" in text
+    assert "world_size=2" in text
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
     exp = client.get_experiment_by_name("submitted")

@@ -125,3 +125,52 @@ def test_resume_continues_after_the_checkpoint(ray_local, workdir):
     assert [int(h["epoch"]) for h in resumed.history] == [1, 2]
     assert resumed.history[0] == pytest.approx(first.history[0])  # epoch 1 carried over, not re-run
     assert int(resumed.history[1]["stage_index"]) == 1
+
+
+@pytest.fixture(scope="module")
+def bad_data(workdir):
+    from prism.data.synth import SYNTH_GENERATORS
+
+    root = SYNTH_GENERATORS["circles"](workdir / "bad", n=60, size=64, seed=5, progress=False)
+    labels = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    (root / labels.loc[0, "image"]).write_bytes(b"not an image at all")  # undecodable
+    labels.loc[1, "image"] = "images/missing.png"                          # missing file
+    labels.loc[2, "presence"] = "oval"                                     # unknown label
+    labels.to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_bad_rows_fail_naming_the_undecodable_file(ray_local, bad_data):
+    from prism.data.table import BadRowsError
+    from prism.tasks import build_task
+
+    cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", "backbone.img_size=56"])
+    with pytest.raises(BadRowsError) as err:
+        build_task(cfg).build_datasets(56)
+    msg = str(err.value)
+    assert "line 3: images/missing.png: file not found" in msg and "presence='oval'" in msg
+    # the table check stops first; once the table is clean the image check names the bad file
+    labels = pd.read_csv(bad_data / "labels.csv", dtype=str, keep_default_na=False).drop(index=[1, 2])
+    clean = bad_data / "only_undecodable.csv"
+    labels.to_csv(clean, index=False)
+    cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", f"data.labels={clean}", "backbone.img_size=56"])
+    with pytest.raises(BadRowsError, match=r"line 2: images/00000.png: cannot decode|UnidentifiedImageError"):
+        build_task(cfg).build_datasets(56)
+
+
+def test_skipped_rows_are_counted_and_logged(ray_local, workdir, bad_data):
+    from prism.train.driver import run_training
+
+    cfg = load_config(CIRCLES_JOB, [
+        f"data.root={bad_data}", "data.on_bad_rows=skip", "backbone.img_size=56", "tracking.model_name=null",
+        "tracking.experiment=badrows", "train.storage_path=" + str(workdir / "runs"),
+        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}]",
+    ])
+    o = run_training(cfg)
+    client = mlflow.MlflowClient()
+    run = client.get_run(o.run_id)
+    assert run.data.metrics["data/skipped_rows"] == 3
+    assert int(run.data.params["data.n_train"]) + int(run.data.params["data.n_val"]) == 57
+    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{o.run_id}/data/skipped_rows.csv"))
+    reasons = " ".join(skipped["reason"])
+    assert "file not found" in reasons and "presence='oval'" in reasons and "UnidentifiedImageError" in reasons

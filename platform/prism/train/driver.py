@@ -155,8 +155,14 @@ def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
 
 
 def _print_summary(cfg: JobConfig, o: TrainOutcome, browse: str) -> None:
-    lines = [f"[prism] best {o.metric} = {o.best_metric:.4f}  (MLflow run {o.run_id})",
-             f"[prism] best checkpoint: {o.best_checkpoint}"]
+    best = next((h for h in o.history if h.get(o.metric) == o.best_metric), {})
+    heads = "  ".join(f"{k.removeprefix('val/')} {v:.3f}" for k, v in best.items()
+                      if k.startswith("val/") and k.endswith("/accuracy") and k.count("/") == 2)
+    lines = [f"[prism] best {o.metric} = {o.best_metric:.4f} at epoch {int(best.get('epoch', 0))}  "
+             f"(MLflow run {o.run_id})"]
+    if heads:
+        lines.append(f"[prism] held-out accuracy at that epoch: {heads}")
+    lines.append(f"[prism] best checkpoint: {o.best_checkpoint}")
     if o.model_version:
         alias = cfg.tracking.alias
         moved = f"alias '{alias}' moved to it" if o.promoted else f"alias '{alias}' kept (not better)"

@@ -69,11 +69,11 @@ def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimi
         scaler.update()
         totals += torch.tensor([float(loss.detach()) * len(x), len(x)], dtype=torch.float64)
     elapsed = time.perf_counter() - start
-    local_images = float(totals[1])
     totals = _all_mean(totals)
     if totals[1] == 0:
         raise RuntimeError("the training shard produced no batches: is the train split empty?")
-    return {"train/loss": float(totals[0] / totals[1]), "train/images_per_s": local_images / max(elapsed, 1e-9)}
+    # images of all workers over this worker's wall time: the job's training throughput
+    return {"train/loss": float(totals[0] / totals[1]), "train/images_per_s": float(totals[1]) / max(elapsed, 1e-9)}
 
 
 @torch.no_grad()
