@@ -87,7 +87,7 @@ def ray_train(cfg, epochs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         one = cfg.model_copy(update={
             "stages": [cfg.stages[0].model_copy(update={"epochs": epochs})],
-            "train": cfg.train.model_copy(update={"storage_path": Path(tmp), "early_stop_patience": None}),
+            "train": cfg.train.model_copy(update={"storage_path": tmp, "early_stop_patience": None}),
         })
         result = build_trainer(one, {"train": data.train, "val": data.val}).fit()
         with result.checkpoint.as_directory() as d:

@@ -153,7 +153,10 @@ class TrainConfig(StrictModel):
         default=None, ge=1, description="End a stage after this many epochs without improvement."
     )
     resume_from: Path | None = Field(default=None, description="Checkpoint directory to resume from.")
-    storage_path: Path = Field(default=Path("prism_runs"), description="Ray Train storage (checkpoints).")
+    storage_path: str = Field(
+        default="prism_runs",
+        description="Ray Train storage for checkpoints: a local folder or a URI (s3://, gs://) all nodes reach.",
+    )
     checkpoints_to_keep: int = Field(default=2, ge=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     seed: int = 0

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -24,6 +25,9 @@ from prism.bundle import BUNDLE_FILES
 from prism.config import JobConfig
 from prism.train.callbacks import MlflowEpochLogger
 from prism.train.loop import train_loop_per_worker
+
+if TYPE_CHECKING:
+    from prism.data.datasets import TrainData
 
 __all__ = ["TrainOutcome", "build_trainer", "resolve_img_size", "run_training"]
 
@@ -69,7 +73,7 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
         datasets=datasets,
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(Path(t.storage_path).resolve()),
+            storage_path=t.storage_path if "://" in t.storage_path else str(Path(t.storage_path).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                checkpoint_score_attribute=t.metric,
                                                checkpoint_score_order=t.mode),
@@ -83,8 +87,23 @@ def _read_checkpoint_json(checkpoint, name: str) -> dict:
         return json.loads((Path(d) / name).read_text())
 
 
-def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
-    """Train ``cfg`` end to end and return where the results went (see the module docstring)."""
+def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: str | None = None,
+                 register: bool = True, extra_callbacks: list | None = None, run_name: str | None = None,
+                 run_tags: dict[str, str] | None = None, data: TrainData | None = None) -> TrainOutcome:
+    """Train ``cfg`` end to end and return where the results went (see the module docstring).
+
+    The keyword-only arguments let a Ray Tune trial run this same path (:mod:`prism.tune`); their
+    defaults are what ``prism train`` does:
+
+    - ``parent_run_id``: start the MLflow run as a child of that run (tag ``mlflow.parentRunId``).
+    - ``register``: register the best checkpoint when ``tracking.model_name`` is set (False: never).
+    - ``extra_callbacks``: Ray Train ``UserCallback`` objects added after the MLflow epoch logger
+      (e.g. Tune's ``TuneReportCallback``).
+    - ``run_name``: Ray Train run name (folder under ``train.storage_path``); default
+      ``<experiment>-<MLflow run id[:8]>``.
+    - ``run_tags``: extra tags of the MLflow run.
+    - ``data``: datasets already built from this config's data section (skips ``task.build_datasets``).
+    """
     from prism.tasks import build_task
     from prism.tracking import (
         browse_command,
@@ -102,13 +121,15 @@ def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
     uri = configure_tracking(cfg.tracking.tracking_uri)
     experiment_id = get_or_create_experiment(cfg.tracking.experiment)
     task = build_task(cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name,
+                          parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         log_resolved_config(cfg.model_dump(mode="json"))
         tag_stages([s.model_dump(mode="json") for s in cfg.stages])
         mlflow.set_tags({"prism.task": task.name, "prism.backbone": cfg.backbone.name,
-                         "prism.job_file": job_file or ""})
-        data = task.build_datasets(cfg.backbone.img_size)  # validates the table before starting Ray
+                         "prism.job_file": job_file or "", **(run_tags or {})})
+        if data is None:
+            data = task.build_datasets(cfg.backbone.img_size)  # validates the table before starting Ray
         ensure_ray()
         mlflow.log_params({"data.n_train": data.n_train, "data.n_val": data.n_val,
                            "data.labels_csv": str(data.labels_csv)})
@@ -123,8 +144,8 @@ def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
               flush=True)
 
         trainer = build_trainer(cfg, {"train": data.train, "val": data.val},
-                                callbacks=[MlflowEpochLogger(uri, run_id)],
-                                run_name=f"{cfg.tracking.experiment}-{run_id[:8]}",
+                                callbacks=[MlflowEpochLogger(uri, run_id), *(extra_callbacks or [])],
+                                run_name=run_name or f"{cfg.tracking.experiment}-{run_id[:8]}",
                                 resume_from=None if cfg.train.resume_from is None else str(cfg.train.resume_from))
         result = trainer.fit()
         best = result.get_best_checkpoint(metric=cfg.train.metric, mode=cfg.train.mode)
@@ -140,7 +161,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None) -> TrainOutcome:
             log_figure(fig, path)
 
         outcome = TrainOutcome(run_id, best_value, cfg.train.metric, Path(best.path), history)
-        if cfg.tracking.model_name:
+        if register and cfg.tracking.model_name:
             with tempfile.TemporaryDirectory() as tmp, best.as_directory() as d:
                 bundle = Path(tmp) / "bundle"
                 bundle.mkdir()

@@ -1,0 +1,20 @@
+"""Ray Serve for Prism models: the classifier deployment, its HTTP API, the app builder and ``run_local``.
+
+Modules, from the outside in::
+
+    app.py          build_app(AppArgs) (the typed builder named by import_path), run_local, load_serve_config
+    deployment.py   Classifier: the HTTP API (FastAPI via @serve.ingress) over a ServedModel
+    model.py        ServedModel: reconfigure, reload with an atomic version swap, @serve.batch inference
+    payload.py      POST /predict request (multipart or JSON) → named image bytes + options
+    images.py       header-checked decoding (pixel limit before decode)
+    schemas.py      request / response bodies (OpenAPI), top_k
+    errors.py       the JSON error body and its status codes
+    settings.py     ServeSettings (user_config), AppArgs (builder args)
+
+Configs live in ``serve_configs/`` (``serve run serve_configs/circles.yaml``).
+"""
+
+from prism.serve.app import build_app, load_serve_config, run_local
+from prism.serve.settings import AppArgs, ServeSettings
+
+__all__ = ["AppArgs", "ServeSettings", "build_app", "load_serve_config", "run_local"]

@@ -1,0 +1,164 @@
+"""Build the Serve application and run it locally: ``build_app`` (the typed builder) and ``run_local``.
+
+``serve_configs/circles.yaml`` names ``prism.serve.app:build_app`` as its ``import_path``; Serve validates
+the application's ``args`` into :class:`AppArgs` (from the annotation, so this module keeps real
+annotations: no ``from __future__ import annotations``). The same config runs three ways::
+
+    serve run serve_configs/circles.yaml        # Serve's CLI, local Ray
+    serve deploy serve_configs/circles.yaml     # to a running cluster (ray start --head)
+    prism serve serve_configs/circles.yaml      # run_local: overrides for model/port, then blocks
+"""
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
+
+from prism._schema import ConfigError
+from prism.serve.deployment import Classifier
+from prism.serve.settings import AppArgs, resolve_tracking_uri, settings_dict
+
+__all__ = ["BUILDER", "DEFAULT_CONFIG", "build_app", "load_serve_config", "run_local"]
+
+log = logging.getLogger(__name__)
+
+BUILDER = "prism.serve.app:build_app"
+DEFAULT_CONFIG = Path("serve_configs/circles.yaml")
+DEPLOYMENT = "Classifier"
+
+
+def build_app(args: AppArgs) -> Application:
+    """The classifier application: ``Classifier`` with ``args.settings`` as its initial ``user_config``.
+
+    The tracking URI is resolved here (argument, env ``MLFLOW_TRACKING_URI``, embedded default; sqlite
+    paths made absolute) and handed to every replica, which may run in another process or node.
+    """
+    return Classifier.options(user_config=settings_dict(args.settings)).bind(
+        tracking_uri=resolve_tracking_uri(args.tracking_uri), device=args.device
+    )
+
+
+def _prism_apps(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    apps = [a for a in raw.get("applications") or [] if a.get("import_path") == BUILDER]
+    if not apps:
+        raise ConfigError(f"no application with import_path {BUILDER!r} in the Serve config")
+    return apps
+
+
+def load_serve_config(
+    path: str | Path,
+    *,
+    model_uri: str | None = None,
+    tracking_uri: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> ServeDeploySchema:
+    """Read a Serve config, apply the overrides, validate it with Serve's own schema.
+
+    ``model_uri`` goes into the ``user_config`` of each Prism app's ``Classifier`` deployment,
+    ``tracking_uri`` into its ``args`` (resolved to an absolute URI here, so replicas in other processes
+    open the same store), ``host``/``port`` into ``http_options``. Invalid configs raise
+    :class:`ConfigError` naming the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Serve config not found: {path} (see serve_configs/circles.yaml)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with `applications:`, got {type(raw).__name__}")
+    http = raw.setdefault("http_options", {}) or {}
+    raw["http_options"] = http
+    if host is not None:
+        http["host"] = host
+    if port is not None:
+        http["port"] = int(port)
+    for app in _prism_apps(raw):
+        args = app.setdefault("args", {}) or {}
+        app["args"] = args
+        args["tracking_uri"] = resolve_tracking_uri(tracking_uri or args.get("tracking_uri"))
+        if model_uri is not None:
+            deployments = app.setdefault("deployments", []) or []
+            app["deployments"] = deployments
+            entry = next((d for d in deployments if d.get("name") == DEPLOYMENT), None)
+            if entry is None:
+                entry = {"name": DEPLOYMENT}
+                deployments.append(entry)
+            entry["user_config"] = {**(entry.get("user_config") or {}), "model_uri": model_uri}
+    try:
+        return ServeDeploySchema.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: not a valid Serve config:\n{exc}") from None
+
+
+def _wait_running(names: list[str], timeout_s: float) -> None:
+    """Poll ``serve.status()`` until every app runs; a failed deploy raises with Serve's message."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        failed = {n: apps[n].message for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError("Serve could not deploy " + "; ".join(f"{n}: {m}" for n, m in failed.items()))
+        if all(n in apps and apps[n].status == "RUNNING" for n in names):
+            return
+        if time.monotonic() > deadline:
+            states = {n: apps[n].status if n in apps else "MISSING" for n in names}
+            raise TimeoutError(f"Serve apps not running after {timeout_s:.0f}s: {states}")
+        time.sleep(0.5)
+
+
+def run_local(
+    config: str | Path | AppArgs = DEFAULT_CONFIG,
+    *,
+    model_uri: str | None = None,
+    tracking_uri: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    blocking: bool = True,
+    timeout_s: float = 300.0,
+) -> str:
+    """Start the classifier on Ray Serve (``RAY_ADDRESS`` or a local Ray) and block until interrupted.
+
+    ``config`` is a Serve config file (deployed as ``serve run`` deploys it: Serve's controller builds the
+    app from ``import_path`` and applies ``deployments:``), or :class:`AppArgs` for a one-replica app at
+    ``/``. Keyword arguments override the config (see :func:`load_serve_config`). Returns the base URL
+    when ``blocking=False``; on Ctrl-C Serve is shut down.
+    """
+    from ray.serve._private.api import serve_start  # what `serve run <config>` calls; no public twin
+
+    from prism._ray import ensure_ray
+
+    if isinstance(config, AppArgs):
+        updates: dict[str, Any] = {"tracking_uri": resolve_tracking_uri(tracking_uri or config.tracking_uri)}
+        if model_uri is not None:
+            updates["settings"] = config.settings.model_copy(update={"model_uri": model_uri})
+        args = config.model_copy(update=updates)
+        ensure_ray()
+        serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000})
+        serve.run(build_app(args), name="prism", route_prefix="/")
+        url = f"http://{host or '127.0.0.1'}:{port or 8000}"
+    else:
+        schema = load_serve_config(config, model_uri=model_uri, tracking_uri=tracking_uri, host=host, port=port)
+        ensure_ray()
+        client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+                             controller_options=schema.controller_options)
+        client.deploy_apps(schema)
+        names = [a.name for a in schema.applications]
+        _wait_running(names, timeout_s)
+        prefix = next((a.route_prefix for a in schema.applications if a.import_path == BUILDER), "/") or "/"
+        url = f"http://{schema.http_options.host}:{schema.http_options.port}{prefix.rstrip('/')}"
+    print(f"[prism] serving at {url}  (API docs: {url}/docs)", flush=True)
+    if not blocking:
+        return url
+    try:
+        while True:
+            time.sleep(10)
+    except KeyboardInterrupt:
+        print("[prism] shutting down Serve", flush=True)
+        serve.shutdown()
+    return url

@@ -1,0 +1,113 @@
+"""The classifier deployment: the HTTP API (FastAPI, ``@serve.ingress``) over a :class:`ServedModel`.
+
+Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
+
+    POST /predict   images (multipart files or JSON base64) → [{"image", <head>: {prediction, probabilities}}]
+    GET  /healthz   {"status": "ok", "model": "circles v3"}
+    GET  /models    the served version: name, version, alias, run_id, metric, …  (ModelInfo)
+    POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
+
+``POST /predict``: :func:`read_payload` (content type, image count) → decoding with the pixel check in a
+worker thread → :meth:`ServedModel.predict_images` (``@serve.batch``) → ``top_k``. Bad input is a 4xx
+``{"error", "detail"}`` raised before the model is touched. ``POST /reload`` reaches one replica; changing
+the ``user_config`` (``serve deploy``) calls ``reconfigure`` on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from ray import serve
+
+from prism.serve.errors import RequestError, install_error_handlers
+from prism.serve.images import open_checked
+from prism.serve.model import ServedModel
+from prism.serve.payload import read_payload
+from prism.serve.schemas import (
+    PREDICT_OPENAPI,
+    PREDICT_RESPONSES,
+    ErrorBody,
+    Health,
+    ModelInfo,
+    ReloadResult,
+    limit_top_k,
+)
+
+__all__ = ["Classifier", "api"]
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(
+    title="Prism classifier",
+    description="Multi-head image classification with a LoRA-adapted vision foundation model from the MLflow "
+    "registry. Errors are JSON `{error, detail}`.",
+    version="1",
+)
+install_error_handlers(api)
+
+
+def _check_multipart_installed() -> None:
+    try:
+        import python_multipart  # noqa: F401  (Starlette parses multipart forms with it)
+    except ImportError:
+        raise RuntimeError(
+            "python-multipart is not installed; multipart uploads to POST /predict need it "
+            "(pip install python-multipart)"
+        ) from None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32, health_check_period_s=10)
+@serve.ingress(api)
+class Classifier(ServedModel):
+    """Serves one classification model; settings arrive through ``reconfigure`` (``ServeSettings``)."""
+
+    def __init__(self, tracking_uri: str, device: str | None = None):
+        _check_multipart_installed()
+        super().__init__(tracking_uri, device)
+
+    @api.post("/predict", summary="classify images", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
+    async def predict(self, request: Request) -> list[dict[str, Any]]:
+        """Classify one or several images; one result per image, in request order."""
+        settings = self.settings
+        self.loaded()
+        payload = await read_payload(request, settings.max_images_per_request)
+        images = await asyncio.to_thread(
+            lambda: [open_checked(data, name, settings.max_image_pixels)
+                     for name, data in zip(payload.names, payload.images, strict=True)]
+        )
+        tta = settings.tta if payload.options.tta is None else payload.options.tta
+        results = await self.predict_images(images, tta)
+        top_k = settings.top_k if payload.options.top_k is None else payload.options.top_k
+        return [limit_top_k({"image": name, **r}, top_k) for name, r in zip(payload.names, results, strict=True)]
+
+    @api.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
+    async def healthz(self) -> Health:
+        """Liveness and the served version; 503 until a model is loaded."""
+        info = self.loaded().info
+        return Health(status="ok", model=f"{info.name} v{info.version}" if info.name else info.resolved_uri)
+
+    @api.get("/models", response_model=ModelInfo, responses={503: {"model": ErrorBody}})
+    async def models(self) -> ModelInfo:
+        """The model version this replica serves: name, version, alias, run id, ranking metric."""
+        return self.loaded().info
+
+    @api.post("/reload", response_model=ReloadResult, responses={502: {"model": ErrorBody}})
+    async def reload_model(self) -> ReloadResult:
+        """Re-resolve ``model_uri`` (e.g. after ``champion`` moved) and swap in the new version on this replica.
+
+        The old version answers every request until the new one is fully loaded; if loading fails it
+        keeps serving and the answer is 502 ``reload_failed``.
+        """
+        previous = self.loaded().info
+        try:
+            swapped = await self.reload()
+        except Exception as exc:
+            log.exception("reload of %s failed", self.settings.model_uri)
+            raise RequestError(
+                502, "reload_failed",
+                f"{self.settings.model_uri}: {type(exc).__name__}: {exc}; still serving {previous.resolved_uri}",
+            ) from None
+        return ReloadResult(reloaded=swapped, previous=previous, current=self.loaded().info)

@@ -1,0 +1,140 @@
+"""The served model of one replica: which version it holds, how it swaps versions, how it batches.
+
+No HTTP here (see ``deployment.py``), so the logic runs and is tested without Serve.
+
+Versions: the model is one immutable :class:`Loaded` (predictor + its :class:`ModelInfo`) in
+``self._loaded``. A reload resolves the URI (an alias may have moved), builds the new predictor completely
+in a worker thread and only then replaces that one reference; a batch reads the reference once when it
+starts, so every image is answered by exactly one version and nothing fails while the version changes.
+
+Batching: :meth:`ServedModel.predict_images` makes one call per image into the ``@serve.batch`` method
+``_predict_batch`` and gathers them with asyncio, so images of concurrent requests share forward passes;
+the batch is stacked to ``uint8 (B, S, S, 3)`` and run by ``predictor.predict_arrays`` in a worker thread,
+keeping the event loop free for other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from ray import serve
+
+from prism.predictor import Predictor, load_predictor
+from prism.serve.errors import RequestError
+from prism.serve.schemas import ModelInfo
+from prism.serve.settings import ServeSettings
+
+__all__ = ["Loaded", "ServedModel", "load_version", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A served model version: the predictor and what it is. Replaced as a whole, never mutated."""
+
+    predictor: Predictor
+    info: ModelInfo
+
+
+def load_version(uri: str, device: str | None) -> Loaded:
+    """Resolve ``uri`` to one registered version (an alias is read once, here) and load that version."""
+    from prism.tracking import describe_model
+
+    desc = describe_model(uri)
+    pinned = uri if desc["name"] is None or desc["version"] is None else f"models:/{desc['name']}/{desc['version']}"
+    predictor = load_predictor(pinned, device=device)
+    body = uri.removeprefix("models:/")
+    info = ModelInfo(
+        uri=uri, resolved_uri=pinned, name=desc["name"], version=desc["version"],
+        alias=body.rsplit("@", 1)[1] if uri.startswith("models:/") and "@" in body else None,
+        aliases=desc["aliases"], run_id=desc["run_id"], metric=desc["metric"],
+        metric_value=desc["metric_value"], metric_mode=desc["metric_mode"], backbone=desc["backbone"],
+        task=predictor.task.name, img_size=predictor.img_size, loaded_at=datetime.now(UTC).isoformat(),
+    )
+    return Loaded(predictor, info)
+
+
+def run_batch(predictor: Predictor, images: list[Image.Image], ttas: list[bool]) -> list[dict[str, Any]]:
+    """Decoded RGB images → one result each: stacked to ``uint8 (B, S, S, 3)``, one pass per TTA flag."""
+    arrays = np.stack([predictor.load_image(img) for img in images])
+    results: list[dict[str, Any]] = [{} for _ in images]
+    for tta in sorted(set(ttas)):
+        idx = [i for i, t in enumerate(ttas) if t == tta]
+        for i, result in zip(idx, predictor.predict_arrays(arrays[idx], tta=tta), strict=True):
+            results[i] = result
+    return results
+
+
+class ServedModel:
+    """One replica's model: settings from ``reconfigure`` (:class:`ServeSettings`), atomic reloads, batching."""
+
+    def __init__(self, tracking_uri: str, device: str | None = None):
+        from prism.tracking import configure_tracking
+
+        self._tracking_uri = configure_tracking(tracking_uri)
+        self._device = device
+        self._settings = ServeSettings()
+        self._loaded: Loaded | None = None
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def settings(self) -> ServeSettings:
+        return self._settings
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply new settings; loads the model at start, when ``model_uri`` changes, or when its alias moved."""
+        settings = ServeSettings.model_validate(user_config)
+        self._predict_batch.set_max_batch_size(settings.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        force = self._loaded is None or settings.model_uri != self._settings.model_uri
+        await self.reload(settings.model_uri, force=force)
+        self._settings = settings
+
+    def check_health(self) -> None:
+        """Serve's health check: unhealthy until a model is loaded."""
+        if self._loaded is None:
+            raise RuntimeError("no model loaded")
+
+    def loaded(self) -> Loaded:
+        """The served version; 503 ``model_not_loaded`` before the first load."""
+        loaded = self._loaded
+        if loaded is None:
+            raise RequestError(503, "model_not_loaded", "the replica has no model loaded yet; retry shortly")
+        return loaded
+
+    async def reload(self, uri: str | None = None, force: bool = False) -> bool:
+        """Load ``uri`` (default: the configured one) unless it still resolves to the served version.
+
+        The new predictor is built completely before it replaces the old one in a single assignment.
+        Returns whether a new version was swapped in; a failed load raises and leaves the old one serving.
+        """
+        from prism.tracking import describe_model
+
+        uri = uri or self._settings.model_uri
+        async with self._reload_lock:
+            current = self._loaded
+            if not force and current is not None and current.info.version is not None and current.info.uri == uri:
+                desc = await asyncio.to_thread(describe_model, uri)
+                if (desc["name"], desc["version"]) == (current.info.name, current.info.version):
+                    return False
+            new = await asyncio.to_thread(load_version, uri, self._device)
+            self._loaded = new  # the swap: one reference assignment
+            log.info("serving %s (%s)", new.info.resolved_uri, uri)
+            return True
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _predict_batch(self, images: list[Image.Image], ttas: list[bool]) -> list[dict[str, Any]]:
+        """Called once per image; Serve collects concurrent calls and hands them over as lists."""
+        predictor = self.loaded().predictor  # one version for the whole batch
+        return await asyncio.to_thread(run_batch, predictor, images, ttas)
+
+    async def predict_images(self, images: list[Image.Image], tta: bool) -> list[dict[str, Any]]:
+        """Decoded RGB images → results (without names), in order; batched with other callers' images."""
+        return list(await asyncio.gather(*(self._predict_batch(img, tta) for img in images)))

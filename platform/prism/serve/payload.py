@@ -1,0 +1,117 @@
+"""``POST /predict`` request → named image bytes + options, or a :class:`RequestError`.
+
+Dispatches on the content type (``multipart/form-data`` or ``application/json``, else 415) and enforces
+``max_images_per_request`` before any image is decoded. Parsing is left to Starlette (multipart, through
+``python-multipart``) and pydantic (JSON); this module only maps their failures onto the API's errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from prism.serve.errors import RequestError
+from prism.serve.images import decode_base64
+from prism.serve.schemas import PredictJSON, PredictOptions
+
+__all__ = ["Payload", "read_payload"]
+
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+_FORM_OPTIONS = set(PredictOptions.model_fields)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a predict request carries: ``names[i]`` names the image file ``images[i]``."""
+
+    names: list[str]
+    images: list[bytes]
+    options: PredictOptions
+
+
+def _too_many(n: int | str, limit: int) -> RequestError:
+    return RequestError(
+        413, "too_many_images",
+        f"{n} images in one request, max_images_per_request={limit}; split them over several requests",
+    )
+
+
+def _options(raw: dict[str, object], where: str) -> PredictOptions:
+    try:
+        return PredictOptions.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RequestError(400, "invalid_request", f"{where}: {problems}") from None
+
+
+async def _read_multipart(request: Request, limit: int) -> Payload:
+    try:
+        async with request.form(max_files=limit, max_fields=len(_FORM_OPTIONS) + 8) as form:
+            files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+            fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+            names = [f.filename or f"{key}_{i}" for i, (key, f) in enumerate(files)]
+            images = [await f.read() for _, f in files]
+    except (HTTPException, MultiPartException) as exc:
+        message = str(getattr(exc, "detail", None) or getattr(exc, "message", exc))
+        if message.startswith("Too many files"):
+            raise _too_many(f"more than {limit}", limit) from None
+        raise RequestError(400, "invalid_request", f"malformed multipart body: {message}") from None
+    unknown = sorted(set(fields) - _FORM_OPTIONS)
+    if unknown:
+        raise RequestError(
+            400, "invalid_request",
+            f"unknown form field(s) {unknown}; send image files plus optional {sorted(_FORM_OPTIONS)}",
+        )
+    if not files:
+        raise RequestError(400, "empty_body", "no image files in the multipart body; attach them as `images`")
+    return Payload(names, images, _options(fields, "form fields"))
+
+
+async def _read_json(request: Request, limit: int) -> Payload:
+    body = await request.body()
+    if not body.strip():
+        raise RequestError(400, "empty_body", 'empty JSON body; send {"images": [base64, ...]}')
+    try:
+        req = PredictJSON.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise RequestError(400, "invalid_request", f"JSON body: {problems}") from None
+    if not req.images:
+        raise RequestError(400, "empty_body", '"images" is empty; send at least one base64 image')
+    if len(req.images) > limit:
+        raise _too_many(len(req.images), limit)
+    names = req.names or [f"image_{i}" for i in range(len(req.images))]
+    if len(names) != len(req.images):
+        raise RequestError(
+            400, "invalid_request", f"{len(names)} names for {len(req.images)} images; give one name per image"
+        )
+    images = [decode_base64(text, name) for text, name in zip(req.images, names, strict=True)]
+    return Payload(names, images, PredictOptions(tta=req.tta, top_k=req.top_k))
+
+
+async def read_payload(request: Request, max_images: int) -> Payload:
+    """Parse a predict request; at most ``max_images`` images (else 413 ``too_many_images``).
+
+    Raises:
+        RequestError: 400 (empty or malformed body, unknown field, bad base64), 413 (too many images),
+            415 (any other content type).
+    """
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == MULTIPART:
+        return await _read_multipart(request, max_images)
+    if media == JSON or media.endswith("+json"):
+        return await _read_json(request, max_images)
+    if not content_type and not await request.body():
+        raise RequestError(400, "empty_body", "empty request; send image files as multipart/form-data or JSON")
+    raise RequestError(
+        415, "unsupported_media",
+        f"content type {content_type or '(none)'!r} is not accepted; send multipart/form-data (image files) "
+        'or application/json ({"images": [base64, ...]})',
+    )

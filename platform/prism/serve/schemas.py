@@ -1,0 +1,148 @@
+"""The HTTP contract of the classifier app: request and response bodies, as FastAPI documents them.
+
+``POST /predict`` takes either content type on one route (OpenAPI lists both under ``requestBody``):
+
+- ``multipart/form-data``: one or several files (any field name, conventionally ``images``), optional
+  form fields ``tta`` (true/false) and ``top_k`` (int);
+- ``application/json``: :class:`PredictJSON`, images as base64 strings.
+
+The response is the JSON of ``prism predict``: one result per image, in request order::
+
+    [{"image": "a.png",
+      "presence": {"prediction": "circle_clear",
+                   "probabilities": {"circle_clear": 0.91, "circle_resembles": 0.06, "no_circle": 0.03}},
+      "closure": {"prediction": "closed", "probabilities": {"closed": 0.8, "almost_closed": 0.2}}}]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ErrorBody",
+    "Health",
+    "ModelInfo",
+    "PREDICT_OPENAPI",
+    "PREDICT_RESPONSES",
+    "PredictJSON",
+    "PredictOptions",
+    "ReloadResult",
+    "limit_top_k",
+]
+
+
+class PredictOptions(BaseModel):
+    """Per-request options; ``None`` takes the deployment's default (``ServeSettings.tta`` / ``top_k``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tta: bool | None = Field(None, description="test-time augmentation (default: the deployment's setting)")
+    top_k: int | None = Field(None, ge=1, description="list only the k most probable classes of each head")
+
+
+class PredictJSON(PredictOptions):
+    """JSON body of ``POST /predict``."""
+
+    images: list[str] = Field(
+        description="image files as base64 (a data:image/...;base64, URL is accepted too)",
+        examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]],
+    )
+    names: list[str] | None = Field(
+        None, description="a name per image for the results (default image_0, image_1, ...)"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error: a short code and a message that names the problem (see ``prism.serve.errors``)."""
+
+    error: str = Field(examples=["image_too_large"])
+    detail: str = Field(examples=["bomb.png: 8000x8000 = 64000000 pixels is over max_image_pixels=16777216"])
+
+
+class ModelInfo(BaseModel):
+    """The model version a replica serves (from ``prism.tracking.describe_model`` at load time)."""
+
+    uri: str = Field(description="the configured URI, e.g. models:/circles@champion")
+    resolved_uri: str = Field(description="what was loaded, e.g. models:/circles/3")
+    name: str | None = None
+    version: int | None = None
+    alias: str | None = Field(None, description="the alias in `uri`, if it names one")
+    aliases: list[str] = Field(default_factory=list, description="aliases the version held when loaded")
+    run_id: str | None = None
+    metric: str | None = None
+    metric_value: float | None = None
+    metric_mode: str | None = None
+    backbone: str | None = None
+    task: str
+    img_size: int
+    loaded_at: str = Field(description="ISO 8601, UTC")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    model: str = Field(examples=["circles v3"])
+
+
+class ReloadResult(BaseModel):
+    """``POST /reload``: whether a new version was loaded, and the versions before and after."""
+
+    reloaded: bool
+    previous: ModelInfo
+    current: ModelInfo
+
+
+_PREDICT_EXAMPLE = [{
+    "image": "a.png",
+    "presence": {"prediction": "circle_clear",
+                 "probabilities": {"circle_clear": 0.91, "circle_resembles": 0.06, "no_circle": 0.03}},
+}]
+
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                   "description": "image files"},
+                        "tta": {"type": "boolean", "description": PredictOptions.model_fields["tta"].description},
+                        "top_k": {"type": "integer", "minimum": 1,
+                                  "description": PredictOptions.model_fields["top_k"].description},
+                    },
+                }
+            },
+            "application/json": {"schema": PredictJSON.model_json_schema()},
+        },
+    }
+}
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "one result per image, in request order",
+          "content": {"application/json": {"example": _PREDICT_EXAMPLE}}},
+    400: {"model": ErrorBody, "description": "empty body, undecodable image, invalid request"},
+    413: {"model": ErrorBody, "description": "image over max_image_pixels, or too many images"},
+    415: {"model": ErrorBody, "description": "content type other than multipart/form-data or application/json"},
+    503: {"model": ErrorBody, "description": "no model loaded"},
+}
+
+
+def limit_top_k(result: dict[str, Any], k: int | None) -> dict[str, Any]:
+    """Keep the ``k`` most probable classes of each head's ``probabilities`` (highest first); ``None`` keeps all.
+
+    ``result`` is one image's result ``{"image", <head>: {"prediction", "probabilities": {class: p}}}``;
+    fields without ``probabilities`` pass through unchanged.
+    """
+    if k is None:
+        return result
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict) and isinstance(value.get("probabilities"), dict):
+            ranked = sorted(value["probabilities"].items(), key=lambda kv: kv[1], reverse=True)[:k]
+            value = {**value, "probabilities": dict(ranked)}
+        out[key] = value
+    return out
