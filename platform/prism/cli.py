@@ -18,6 +18,7 @@ EPILOG = """examples:
   prism predict --model models:/circles@champion images/ --out preds.csv
   prism evaluate --model models:/circles@champion --labels data/labels.csv
   prism data synth circles --n 600 --out data/circles
+  prism serve serve_configs/circles.yaml --port 8000    HTTP API on Ray Serve (OpenAPI docs at /docs)
   prism export --model models:/circles@champion --out exported/   LoRA merged, plain safetensors
   prism backbones                                       list registered backbones
 """
@@ -113,6 +114,13 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from prism.serve import run_local
+
+    run_local(args.config, model_uri=args.model, tracking_uri=args.tracking_uri, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_backbones(args) -> int:
     from prism.backbones import list_backbones
 
@@ -181,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (blocks; Ctrl-C stops it)")
+    p.add_argument("config", type=Path, nargs="?", default=Path("serve_configs/circles.yaml"),
+                   help="Serve config YAML (default: serve_configs/circles.yaml)")
+    p.add_argument("--model", default=None,
+                   help="model to serve instead of the config's user_config.model_uri, e.g. models:/circles/3")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store of the model (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--host", default=None, help="HTTP host (config default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (config default 8000)")
+    p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("backbones", help="list registered backbones")
     p.set_defaults(fn=_cmd_backbones)

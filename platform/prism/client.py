@@ -24,8 +24,6 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from prism.predictor import expand_image_paths
-
 __all__ = ["DEFAULT_MODEL", "classify_circles", "results_frame"]
 
 DEFAULT_MODEL = "models:/circles@champion"
@@ -80,7 +78,9 @@ def _check(resp, what: str) -> Any:
     raise exc(f"{what} answered {resp.status_code} {reason}")
 
 
-def _remote(endpoint: str, model: str | None, use_tta: bool, timeout_s: float) -> Callable[[list[Path]], Results]:
+def _remote(endpoint: str, model: str | None, use_tta: bool, batch_size: int,
+            timeout_s: float) -> Callable[[list[Path]], Results]:
+    """Posts chunks as multipart requests of at most ``batch_size`` and the endpoint's ``max_images_per_request``."""
     import requests
 
     base = endpoint.rstrip("/")
@@ -95,12 +95,18 @@ def _remote(endpoint: str, model: str | None, use_tta: bool, timeout_s: float) -
             f"the endpoint's model, or drop endpoint= to run {model!r} locally"
         )
 
-    def predict(chunk: list[Path]) -> Results:
+    settings = _check(session.get(f"{base}/settings", timeout=timeout_s), f"GET {base}/settings")
+    per_request = min(batch_size, int(settings["max_images_per_request"]))
+
+    def post(part: list[Path]) -> Results:
         files = [("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
-                 for p in chunk]
+                 for p in part]
         resp = session.post(f"{base}/predict", files=files, data={"tta": str(use_tta).lower()}, timeout=timeout_s)
         results = _check(resp, f"POST {base}/predict")
-        return [{**r, "image": str(p)} for p, r in zip(chunk, results, strict=True)]
+        return [{**r, "image": str(p)} for p, r in zip(part, results, strict=True)]
+
+    def predict(chunk: list[Path]) -> Results:
+        return [r for start in range(0, len(chunk), per_request) for r in post(chunk[start:start + per_request])]
 
     return predict
 
@@ -139,8 +145,8 @@ def classify_circles(
         device: ``cpu``, ``cuda``, … for local inference (default: cuda if available); not with ``endpoint``.
         endpoint: base URL of a ``prism serve`` app, e.g. ``http://127.0.0.1:8000``; None = local.
         silent: no progress bar.
-        batch_size: images per forward pass locally, per request with ``endpoint`` (keep it at most the
-            endpoint's ``max_images_per_request``).
+        batch_size: images per forward pass locally; per request with ``endpoint`` (capped at the
+            endpoint's ``max_images_per_request``, read from ``GET {endpoint}/settings``).
         timeout_s: HTTP timeout per request.
 
     Returns:
@@ -153,6 +159,8 @@ def classify_circles(
         raise ValueError(f"output_path must end in .csv or .json, got {str(out)!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from prism.predictor import expand_image_paths  # imports torch: on first call, not on import
+
     paths = expand_image_paths([images] if isinstance(images, (str, Path)) else list(images))
     if endpoint is None:
         predict = _local(str(model or DEFAULT_MODEL), device, use_tta, batch_size)
@@ -160,7 +168,7 @@ def classify_circles(
         if device is not None:
             raise ValueError(f"device={device!r} applies to local inference; the replicas of {endpoint} "
                              "choose their own device (Serve config: args.device, ray_actor_options)")
-        predict = _remote(endpoint, None if model is None else str(model), use_tta, timeout_s)
+        predict = _remote(endpoint, None if model is None else str(model), use_tta, batch_size, timeout_s)
     results: Results = []
     for chunk in _chunks(paths, batch_size, silent):
         results.extend(predict(chunk))

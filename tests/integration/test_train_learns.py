@@ -42,6 +42,16 @@ def test_loss_falls_and_presence_beats_chance(trained):
     assert sorted({int(h["stage_index"]) for h in o.history}) == [0, 1, 2]
 
 
+def test_best_checkpoint_is_kept_by_the_configured_metric(trained):
+    cfg, o = trained
+    best = max(h[cfg.train.metric] for h in o.history)
+    assert o.best_metric == pytest.approx(best)
+    saved = json.loads((o.best_checkpoint / "metrics.json").read_text())["metrics"]
+    assert saved[cfg.train.metric] == pytest.approx(best)
+    kept = sorted(p.name for p in o.best_checkpoint.parent.glob("epoch_*"))
+    assert len(kept) <= cfg.train.checkpoints_to_keep + 1  # top-k by metric (+ the latest)
+
+
 def test_mlflow_run_has_config_metrics_plots(trained):
     cfg, o = trained
     client = mlflow.MlflowClient()

@@ -7,6 +7,8 @@ weak "champion" registered before the sweep must keep its alias: a sweep only pr
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import mlflow
 import pandas as pd
@@ -21,7 +23,32 @@ METRIC = "val/macro_f1"
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, workdir):
+def ray_with_dashboard():
+    """A local Ray (2 CPUs) with a dashboard of its own on a free port.
+
+    Ray Train's placement-group cleaner asks the State API (served by the dashboard) whether the Train
+    controller is alive, and removes the workers' placement group when the answer is "not found". Without
+    a dashboard of its own the State API client falls back to the default port, where another Ray
+    instance on the same host may answer that it knows no such actor, which tears down a healthy trial.
+    """
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+    else:
+        os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_with_dashboard, workdir):
     from prism.tracking import configure_tracking, get_or_create_experiment, register_bundle, set_alias
     from prism.tune import run_sweep
 
@@ -86,10 +113,10 @@ def test_best_trial_registered_as_candidate_and_champion_untouched(sweep):
     best = sweep.table.iloc[0]
     assert best[f"best_{METRIC}"] == sweep.table[f"best_{METRIC}"].max()
     candidate = client.get_model_version_by_alias("circles", "candidate")
-    assert candidate.version == sweep.model_version == "2"
+    assert str(candidate.version) == sweep.model_version == "2"
     assert candidate.run_id == best["mlflow_run_id"]
     assert float(candidate.tags["prism.metric_value"]) == pytest.approx(best[f"best_{METRIC}"])
-    assert client.get_model_version_by_alias("circles", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("circles", "champion").version) == "1"
 
 
 def test_candidate_loads_as_a_predictor(sweep):

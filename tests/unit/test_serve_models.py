@@ -65,7 +65,12 @@ def registry(root: Path):
     """Fabricate and register two versions in a fresh store under ``root``; MLflow's global state restored after."""
     import mlflow
 
-    from prism.tracking import configure_tracking, get_or_create_experiment, promote_if_better, register_bundle
+    from prism.tracking import (
+        configure_tracking,
+        get_or_create_experiment,
+        promote_if_better,
+        register_bundle,
+    )
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -96,6 +96,33 @@ def load_serve_config(
         raise ConfigError(f"{path}: not a valid Serve config:\n{exc}") from None
 
 
+def _check_model(app: str, tracking_uri: str, model_uri: str) -> None:
+    """Resolve ``model_uri`` before deploying.
+
+    A typo then fails in seconds with the registered models or aliases listed, instead of after Serve has
+    retried the replica constructor many times.
+    """
+    from prism.tracking import configure_tracking, describe_model
+
+    configure_tracking(tracking_uri)
+    try:
+        describe_model(model_uri)
+    except ValueError as exc:
+        raise ConfigError(f"application {app!r} cannot serve {model_uri!r} from {tracking_uri}: {exc}") from None
+
+
+def _served_models(schema: ServeDeploySchema) -> list[tuple[str, str, str]]:
+    """``(app name, tracking URI, model URI)`` of each Prism app in ``schema``."""
+    out = []
+    for app in schema.applications:
+        if app.import_path == BUILDER:
+            args = AppArgs.model_validate(app.args)
+            user_config = next((d.user_config for d in app.deployments if d.name == DEPLOYMENT), None) or {}
+            out.append((app.name, resolve_tracking_uri(args.tracking_uri),
+                        user_config.get("model_uri") or args.settings.model_uri))
+    return out
+
+
 def _wait_running(names: list[str], timeout_s: float) -> None:
     """Poll ``serve.status()`` until every app runs; a failed deploy raises with Serve's message."""
     deadline = time.monotonic() + timeout_s
@@ -126,8 +153,9 @@ def run_local(
 
     ``config`` is a Serve config file (deployed as ``serve run`` deploys it: Serve's controller builds the
     app from ``import_path`` and applies ``deployments:``), or :class:`AppArgs` for a one-replica app at
-    ``/``. Keyword arguments override the config (see :func:`load_serve_config`). Returns the base URL
-    when ``blocking=False``; on Ctrl-C Serve is shut down.
+    ``/``. Keyword arguments override the config (see :func:`load_serve_config`). The model URI is resolved
+    against the tracking store first (:class:`ConfigError` naming the registered models/aliases if it does
+    not resolve). Returns the base URL when ``blocking=False``; on Ctrl-C Serve is shut down.
     """
     from ray.serve._private.api import serve_start  # what `serve run <config>` calls; no public twin
 
@@ -138,12 +166,15 @@ def run_local(
         if model_uri is not None:
             updates["settings"] = config.settings.model_copy(update={"model_uri": model_uri})
         args = config.model_copy(update=updates)
+        _check_model("prism", resolve_tracking_uri(args.tracking_uri), args.settings.model_uri)
         ensure_ray()
         serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000})
         serve.run(build_app(args), name="prism", route_prefix="/")
         url = f"http://{host or '127.0.0.1'}:{port or 8000}"
     else:
         schema = load_serve_config(config, model_uri=model_uri, tracking_uri=tracking_uri, host=host, port=port)
+        for app_name, store, uri in _served_models(schema):
+            _check_model(app_name, store, uri)
         ensure_ray()
         client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
                              controller_options=schema.controller_options)

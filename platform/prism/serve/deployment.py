@@ -5,15 +5,17 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     POST /predict   images (multipart files or JSON base64) → [{"image", <head>: {prediction, probabilities}}]
     GET  /healthz   {"status": "ok", "model": "circles v3"}
     GET  /models    the served version: name, version, alias, run_id, metric, …  (ModelInfo)
+    GET  /settings  the replica's ServeSettings (user_config): limits, batching, defaults
     POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
 
 ``POST /predict``: :func:`read_payload` (content type, image count) → decoding with the pixel check in a
 worker thread → :meth:`ServedModel.predict_images` (``@serve.batch``) → ``top_k``. Bad input is a 4xx
 ``{"error", "detail"}`` raised before the model is touched. ``POST /reload`` reaches one replica; changing
 the ``user_config`` (``serve deploy``) calls ``reconfigure`` on every replica.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Serve re-creates the route functions for its class-based
+views, and FastAPI must still see the real ``Request`` / response annotations.
+"""
 
 import asyncio
 import logging
@@ -35,6 +37,7 @@ from prism.serve.schemas import (
     ReloadResult,
     limit_top_k,
 )
+from prism.serve.settings import ServeSettings
 
 __all__ = ["Classifier", "api"]
 
@@ -93,6 +96,11 @@ class Classifier(ServedModel):
     async def models(self) -> ModelInfo:
         """The model version this replica serves: name, version, alias, run id, ranking metric."""
         return self.loaded().info
+
+    @api.get("/settings", response_model=ServeSettings)
+    async def current_settings(self) -> ServeSettings:
+        """The settings this replica applies (its ``user_config``): limits, batching, request defaults."""
+        return self.settings
 
     @api.post("/reload", response_model=ReloadResult, responses={502: {"model": ErrorBody}})
     async def reload_model(self) -> ReloadResult:

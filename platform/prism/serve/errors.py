@@ -13,6 +13,7 @@ image_too_large       413     width x height over ``max_image_pixels`` (read fro
 too_many_images       413     more than ``max_images_per_request`` images
 model_not_loaded      503     the replica has no model yet (or loading it failed)
 reload_failed         502     ``POST /reload`` could not load the model; the old one keeps serving
+not_found, ...        4xx     Starlette's own HTTP errors (unknown route, wrong method), code from the phrase
 internal              500     anything else (a bug: the message says what broke)
 ====================  ======  ==============================================================
 """
@@ -20,11 +21,13 @@ internal              500     anything else (a bug: the message says what broke)
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 __all__ = ["RequestError", "install_error_handlers"]
 
@@ -62,6 +65,16 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     return RequestError(400, "invalid_request", _validation_detail(exc)).response()
 
 
+async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    try:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    except ValueError:
+        code = f"http_{exc.status_code}"
+    return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("%s %s failed", request.method, request.url.path)
     body: dict[str, Any] = {"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}
@@ -69,7 +82,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer :class:`RequestError`, schema violations and unexpected exceptions with the JSON error body."""
+    """Answer :class:`RequestError`, schema violations, HTTP errors and unexpected exceptions with the JSON body."""
     app.add_exception_handler(RequestError, _on_request_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)

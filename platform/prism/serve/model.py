@@ -19,16 +19,18 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from ray import serve
 
-from prism.predictor import Predictor, load_predictor
 from prism.serve.errors import RequestError
 from prism.serve.schemas import ModelInfo
 from prism.serve.settings import ServeSettings
+
+if TYPE_CHECKING:  # torch is imported by the replicas, not where the app is built
+    from prism.predictor import Predictor
 
 __all__ = ["Loaded", "ServedModel", "load_version", "run_batch"]
 
@@ -45,6 +47,7 @@ class Loaded:
 
 def load_version(uri: str, device: str | None) -> Loaded:
     """Resolve ``uri`` to one registered version (an alias is read once, here) and load that version."""
+    from prism.predictor import load_predictor
     from prism.tracking import describe_model
 
     desc = describe_model(uri)

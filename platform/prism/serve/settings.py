@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 
 from prism._schema import StrictModel
 
-__all__ = ["DEFAULT_MODEL_URI", "AppArgs", "ServeSettings", "resolve_tracking_uri"]
+__all__ = ["DEFAULT_MODEL_URI", "AppArgs", "ServeSettings", "resolve_tracking_uri", "settings_dict"]
 
 DEFAULT_MODEL_URI = "models:/circles@champion"
 

@@ -85,9 +85,11 @@ class SweepSettings(StrictModel):
         "Train runs at once; size it to the cluster (each needs train.num_workers × cpus_per_worker CPUs "
         "plus CPUs for Ray Data decoding)."))
     asha: AshaSettings | None = Field(default_factory=AshaSettings, description="null = no early stopping.")
-    trial_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 0.01}, description=(
-        "Resources of the Tune function that drives one Train run (the workers request their own). "
-        "On a cluster, a custom resource such as {TRAIN_DRIVER: 0.01} keeps drivers on safe nodes."))
+    trial_resources: dict[str, float] = Field(default_factory=lambda: {"memory": 1}, description=(
+        "Resources of the Tune function that drives one Train run; the Train workers request their own. "
+        "Default: no CPU (1 byte of memory, as Tune refuses an empty request) — even 0.01 CPU would leave "
+        "0.99 of the CPU a Ray Data decode task needs. On a cluster, a custom resource such as "
+        "{TRAIN_DRIVER: 0.01} keeps the drivers on safe nodes, as Ray recommends."))
     seed: int | None = Field(default=None, description="Seed of the sampler, for a reproducible search.")
     alias: str = Field(default="candidate", min_length=1, description=(
         "Alias set on the best trial's registered version (never the job's tracking.alias)."))

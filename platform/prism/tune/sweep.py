@@ -13,19 +13,19 @@
    execution of the lazy plan). If the space searches a key that changes the datasets (``data.*``
    other than the loader settings, ``task.*``, ``backbone.img_size``/``name``), each trial builds its own.
 3. Search. ``ray.tune.Tuner`` over :func:`prism.tune.trial.run_trial` (``tune.with_resources`` with the
-   sweep's ``trial_resources``, ~0 CPU: the trial only drives a Train run whose workers request their own
-   resources), ``BasicVariantGenerator`` (seeded, ``max_concurrent_trials``) and ``ASHAScheduler`` on the
+   sweep's ``trial_resources``, no CPU by default: the trial only drives a Train run whose workers
+   request their own resources), ``BasicVariantGenerator`` (seeded, ``max_concurrent_trials``) and ``ASHAScheduler`` on the
    reported ``epoch``. Trials are MLflow child runs of the sweep's run.
 4. Results. The table (:mod:`prism.tune.results`) printed and saved as ``results.csv``, the plot
-   (:mod:`prism.tune.plots`) as ``metric_vs_params.png``, both in the sweep folder and logged to the
-   sweep's run under ``tune/``.
+   (:mod:`prism.tune.plots`) as ``metric_vs_params.png``, both in the sweep folder
+   (``<train.storage_path>/tune-<experiment>-<run id>``; ``./tune-…`` when the storage is a URI) and
+   logged to the sweep's run under ``tune/``.
 5. Registry. The best trial's best checkpoint becomes a new version of ``tracking.model_name`` (logged in
    that trial's run) and gets the alias ``sweep.alias`` (``candidate``); ``champion`` is never moved.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 import tempfile
@@ -40,8 +40,6 @@ from prism.config import JobConfig, apply_overrides, load_config
 from prism.tune.space import SearchSpace, apply_values, data_keys, load_space, validate_space
 
 __all__ = ["SweepOutcome", "run_sweep", "sweep_config"]
-
-log = logging.getLogger(__name__)
 
 TABLE_COLUMNS_HIDDEN = ("checkpoint", "error")
 
@@ -84,15 +82,27 @@ def sweep_config(job: str | Path, space: SearchSpace, overrides: list[str] | Non
 
 
 def _absolute(cfg: JobConfig, tracking_uri: str) -> dict[str, Any]:
-    """``cfg`` as a mapping with every path absolute and the tracking URI explicit (trials run elsewhere)."""
+    """``cfg`` as a mapping with every local path absolute and the tracking URI explicit (trials run elsewhere)."""
     raw = cfg.model_dump(mode="json")
     for section, key in (("train", "storage_path"), ("train", "resume_from"), ("data", "root"),
                          ("data", "labels"), ("backbone", "weights")):
-        if raw[section][key] is not None:
-            raw[section][key] = str(Path(raw[section][key]).resolve())
+        value = raw[section][key]
+        if value is not None and "://" not in str(value):
+            raw[section][key] = str(Path(value).resolve())
     raw["data"]["synthetic"]["cache_dir"] = str(Path(raw["data"]["synthetic"]["cache_dir"]).resolve())
     raw["tracking"]["tracking_uri"] = tracking_uri
     return raw
+
+
+def _checkpoint(path: str, storage: str):
+    """The Train checkpoint at ``path`` as Tune reported it (a path inside ``storage``'s filesystem)."""
+    from ray.train import Checkpoint
+
+    if "://" not in storage:
+        return Checkpoint(path)
+    import pyarrow.fs
+
+    return Checkpoint(path, filesystem=pyarrow.fs.FileSystem.from_uri(storage)[0])
 
 
 def _warn_if_no_cpu_left(cfg: JobConfig, space: SearchSpace) -> None:
@@ -148,18 +158,18 @@ def _tuner(space: SearchSpace, base: dict[str, Any], cfg: JobConfig, parent_run_
     )
 
 
-def _register_best(best: dict[str, Any], cfg: JobConfig, alias: str, parent_run_id: str) -> str:
+def _register_best(best: dict[str, Any], cfg: JobConfig, storage: str, alias: str, parent_run_id: str) -> str:
     """Register the best checkpoint as a new version (logged in the best trial's run) and set ``alias``."""
     from prism.bundle import BUNDLE_FILES
     from prism.tracking import register_bundle, set_alias
     from prism.tune.results import best_column
 
     name, metric = cfg.tracking.model_name, cfg.train.metric
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _checkpoint(best["checkpoint"], storage).as_directory() as d:
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
         for f in (*BUNDLE_FILES, "metrics.json"):
-            shutil.copy2(Path(best["checkpoint"]) / f, bundle / f)
+            shutil.copy2(Path(d) / f, bundle / f)
         mv = register_bundle(bundle, name, run_id=best["mlflow_run_id"], metric=metric,
                              value=best[best_column(metric)], mode=cfg.train.mode)
     set_alias(name, alias, mv.version)
@@ -169,82 +179,94 @@ def _register_best(best: dict[str, Any], cfg: JobConfig, alias: str, parent_run_
     return str(mv.version)
 
 
-def run_sweep(job: str | Path, space: str | Path, overrides: list[str] | None = None) -> SweepOutcome:
-    """Run the search of ``space`` over ``job`` end to end (see the module docstring)."""
-    from ray.tune import ResultGrid
+def _log_sweep_start(base: dict[str, Any], space: SearchSpace, space_path: str | Path, per_trial: list[str]) -> None:
+    """Into the active (parent) run: the trials' base config, the space file and the sweep settings."""
+    from prism.tracking import flatten_params, log_resolved_config
 
-    from prism._ray import ensure_ray
-    from prism.tasks import build_task
-    from prism.tracking import (
-        browse_command,
-        configure_tracking,
-        flatten_params,
-        get_or_create_experiment,
-        log_resolved_config,
-    )
-    from prism.train.driver import resolve_img_size
+    log_resolved_config(base)
+    mlflow.log_text(Path(space_path).read_text(), "tune/space.yaml")
+    mlflow.log_params(flatten_params({"tune": {**space.sweep.model_dump(mode="json"), "keys": space.keys,
+                                               "data": "per_trial" if per_trial else "shared"}}))
+
+
+def _write_results(grid: Any, space: SearchSpace, cfg: JobConfig, experiment_id: str, parent_run_id: str,
+                   out_dir: Path) -> tuple[pd.DataFrame, Path, Path]:
+    """Results table (child runs closed), CSV and plot in ``out_dir`` and under ``tune/`` of the active run."""
     from prism.tune.plots import plot_metric_vs_params
     from prism.tune.results import best_column, collect_trials, finish_child_runs, trial_table
     from prism.tune.trial import TRIAL_TAG
+
+    metric, mode = cfg.train.metric, cfg.train.mode
+    rows = collect_trials(grid, space.keys, metric, mode)
+    finish_child_runs(rows, experiment_id, parent_run_id, metric, TRIAL_TAG)
+    table = trial_table(rows, space.keys, metric, mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, png = out_dir / "results.csv", out_dir / "metric_vs_params.png"
+    table.to_csv(csv, index=False)
+    plot_metric_vs_params(table, space.keys, best_column(metric), metric,
+                          log_keys=[d.key for d in space.dimensions if d.kind == "loguniform"]).savefig(png)
+    mlflow.log_artifact(str(csv), "tune")
+    mlflow.log_artifact(str(png), "tune")
+    mlflow.log_metrics({f"tune/trials_{k}": float(v) for k, v in table["status"].value_counts().items()})
+    return table, csv, png
+
+
+def _best(table: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """The best row that finished with a value and a checkpoint; ``RuntimeError`` with the trials' errors if none."""
+    from prism.tune.results import best_column
+
+    ok = table[(table["status"] != "error") & table[best_column(metric)].map(math.isfinite)
+               & table["checkpoint"].notna()]
+    if ok.empty:
+        errors = "\n".join(f"  trial {r.trial_id}: {r.error}" for r in table.itertuples() if r.error)
+        raise RuntimeError(f"no trial reported {metric} with a checkpoint; see the trial logs above\n{errors}")
+    return ok.iloc[0].to_dict()
+
+
+def run_sweep(job: str | Path, space: str | Path, overrides: list[str] | None = None) -> SweepOutcome:
+    """Run the search of ``space`` over ``job`` end to end (see the module docstring)."""
+    from prism._ray import ensure_ray
+    from prism.tasks import build_task
+    from prism.tracking import browse_command, configure_tracking, get_or_create_experiment
+    from prism.train.driver import resolve_img_size
+    from prism.tune.results import best_column
 
     sp = load_space(space)
     cfg = resolve_img_size(sweep_config(job, sp, overrides))
     longest_plan = validate_space(sp, cfg.model_dump(mode="json"))
     uri = configure_tracking(cfg.tracking.tracking_uri)
     base = _absolute(cfg, uri)
-    metric, mode = cfg.train.metric, cfg.train.mode
+    metric = cfg.train.metric
     experiment_id = get_or_create_experiment(cfg.tracking.experiment)
     ensure_ray()
     _warn_if_no_cpu_left(cfg, sp)
     per_trial = data_keys(sp)
-    data = None
-    if not per_trial:
-        data = build_task(cfg).build_datasets(cfg.backbone.img_size)
-    print(f"[prism] tune {', '.join(sp.keys)} on {metric} ({mode}); datasets "
+    data = None if per_trial else build_task(cfg).build_datasets(cfg.backbone.img_size)
+    print(f"[prism] tune {', '.join(sp.keys)} on {metric} ({cfg.train.mode}); datasets "
           + (f"built per trial (the space searches {per_trial})" if per_trial
              else f"built once: {data.n_train} train / {data.n_val} val images"), flush=True)
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name or f"tune-{Path(space).stem}",
-                          tags={"prism.tune": "sweep", "prism.backbone": cfg.backbone.name,
-                                "prism.job_file": str(job), "prism.tune.space": str(space)}) as run:
+    tags = {"prism.tune": "sweep", "prism.backbone": cfg.backbone.name, "prism.job_file": str(job),
+            "prism.tune.space": str(space)}
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags,
+                          run_name=cfg.tracking.run_name or f"tune-{Path(space).stem}") as run:
         parent_run_id = run.info.run_id
         sweep_name = f"tune-{cfg.tracking.experiment}-{parent_run_id[:8]}"
         storage = base["train"]["storage_path"]
-        sweep_dir = Path(storage) / sweep_name  # Tune's trial-<id>/ and the trials' Train runs train-<id>/
-        base["train"]["storage_path"] = str(sweep_dir)
-        log_resolved_config(base)
-        mlflow.log_text(Path(space).read_text(), "tune/space.yaml")
-        mlflow.log_params(flatten_params({"tune": {**sp.sweep.model_dump(mode="json"), "keys": sp.keys,
-                                                   "data": "per_trial" if per_trial else "shared"}}))
-        grid: ResultGrid = _tuner(sp, base, cfg, parent_run_id, data, sweep_name, storage, longest_plan).fit()
-
-        rows = collect_trials(grid, sp.keys, metric, mode)
-        finish_child_runs(rows, experiment_id, parent_run_id, metric, TRIAL_TAG)
-        table = trial_table(rows, sp.keys, metric, mode)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        csv = sweep_dir / "results.csv"
-        table.to_csv(csv, index=False)
-        fig = plot_metric_vs_params(table, sp.keys, best_column(metric), metric,
-                                    log_keys=[d.key for d in sp.dimensions if d.kind == "loguniform"])
-        png = sweep_dir / "metric_vs_params.png"
-        fig.savefig(png)
-        mlflow.log_artifact(str(csv), "tune")
-        mlflow.log_artifact(str(png), "tune")
-        counts = table["status"].value_counts()
-        mlflow.log_metrics({f"tune/trials_{k}": float(v) for k, v in counts.items()})
+        sweep_dir = f"{storage.rstrip('/')}/{sweep_name}"  # Tune's trial-<id>/ and the Train runs train-<id>/
+        base["train"]["storage_path"] = sweep_dir
+        _log_sweep_start(base, sp, space, per_trial)
+        grid = _tuner(sp, base, cfg, parent_run_id, data, sweep_name, storage, longest_plan).fit()
+        out_dir = Path(sweep_dir) if "://" not in storage else Path.cwd() / sweep_name
+        table, csv, png = _write_results(grid, sp, cfg, experiment_id, parent_run_id, out_dir)
         _print_table(table, metric)
-        ok = table[(table["status"] != "error") & table[best_column(metric)].map(math.isfinite)
-                   & table["checkpoint"].notna()]
-        if ok.empty:
-            errors = "\n".join(f"  trial {r.trial_id}: {r.error}" for r in table.itertuples() if r.error)
-            raise RuntimeError(f"no trial reported {metric} with a checkpoint; see the trial logs above\n{errors}")
-        best = ok.iloc[0].to_dict()
+        best = _best(table, metric)
         mlflow.log_metric(f"best/{metric}", best[best_column(metric)])
         mlflow.set_tags({"prism.tune.best_trial_id": best["trial_id"], "prism.tune.best_run_id": best["mlflow_run_id"]})
 
-    outcome = SweepOutcome(parent_run_id, sweep_dir, metric, mode, table, csv, png, best)
+    outcome = SweepOutcome(parent_run_id, out_dir, metric, cfg.train.mode, table, csv, png, best)
     if cfg.tracking.model_name:
-        outcome.model_version = _register_best(best, cfg, sp.sweep.alias, parent_run_id)
+        outcome.model_version = _register_best(best, cfg, sweep_dir, sp.sweep.alias, parent_run_id)
         outcome.alias = sp.sweep.alias
     _print_summary(outcome, cfg, browse_command(uri))
     return outcome

@@ -1,0 +1,197 @@
+"""Serve configs and request handling without a Serve instance: schema, settings, payloads, image checks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import inspect
+import io
+import json
+
+import pytest
+import requests
+import yaml
+from PIL import Image
+from ray.serve.schema import ServeDeploySchema
+from starlette.requests import Request
+
+from prism._schema import ConfigError
+from prism.serve import AppArgs, ServeSettings, load_serve_config
+from prism.serve.app import BUILDER, DEPLOYMENT
+from prism.serve.errors import RequestError
+from prism.serve.images import decode_base64, open_checked
+from prism.serve.payload import read_payload
+from prism.serve.schemas import limit_top_k
+from tests.conftest import ROOT
+from tests.unit.test_serve_models import bomb_png
+
+CONFIG = ROOT / "serve_configs" / "circles.yaml"
+
+
+def png(size: tuple[int, int] = (20, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_circles_config_is_a_valid_serve_config_with_resolvable_builder():
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (app,) = schema.applications
+    assert app.import_path == BUILDER
+    module, attr = app.import_path.split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    (param,) = inspect.signature(builder).parameters.values()
+    assert param.annotation is AppArgs  # Serve validates `args` into it (a typed builder)
+    AppArgs.model_validate(app.args)
+    (dep,) = app.deployments
+    assert dep.name == DEPLOYMENT
+    settings = ServeSettings.model_validate(dep.user_config)
+    assert settings.model_uri == "models:/circles@champion"
+    auto = dep.autoscaling_config
+    assert auto["min_replicas"] <= auto["max_replicas"] and auto["target_ongoing_requests"] > 0
+    assert dep.max_ongoing_requests >= settings.max_batch_size
+
+
+def test_load_serve_config_applies_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    schema = load_serve_config(CONFIG, model_uri="models:/circles/7", port=8123, host="127.0.0.1")
+    assert schema.http_options.port == 8123
+    (app,) = schema.applications
+    assert app.args["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # absolute, for other processes
+    user_config = app.deployments[0].user_config
+    assert user_config["model_uri"] == "models:/circles/7"
+    assert user_config["max_batch_size"] == 16  # the rest of the file's user_config is kept
+
+
+def test_load_serve_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Serve config not found"):
+        load_serve_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"applications": [{"import_path": BUILDER, "route_prefix": 3}]}))
+    with pytest.raises(ConfigError, match="not a valid Serve config"):
+        load_serve_config(bad)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"applications": [{"import_path": "x:y"}]}))
+    with pytest.raises(ConfigError, match=BUILDER):
+        load_serve_config(other)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_batch_size", 0, "greater than or equal to 1"),
+        ("batch_wait_timeout_s", -1, "greater than or equal to 0"),
+        ("model_uri", " ", "model_uri is empty"),
+        ("top_k", 0, "greater than or equal to 1"),
+        ("max_batch", 8, "Extra inputs are not permitted"),
+    ],
+)
+def test_settings_reject_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ServeSettings.model_validate({field: value})
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def test_open_checked_decodes_rgb():
+    img = open_checked(png((20, 10)), "a.png", max_pixels=200)
+    assert img.mode == "RGB" and img.size == (20, 10)
+
+
+@pytest.mark.parametrize(
+    ("data", "max_pixels", "status", "error", "message"),
+    [
+        (b"", 100, 400, "undecodable_image", "empty file"),
+        (b"not an image at all", 100, 400, "undecodable_image", "not an image PIL can read"),
+        (png((20, 10))[:50], 1000, 400, "undecodable_image", "image file is truncated"),
+        (png((20, 10)), 199, 413, "image_too_large", "20x10 = 200 pixels is over max_image_pixels=199"),
+        (bomb_png(8000, 8000), 10**6, 413, "image_too_large", "8000x8000 = 64000000 pixels"),  # not decoded
+        (bomb_png(100_000, 100_000), 10**12, 413, "image_too_large", "decompression bomb"),  # PIL's own limit
+    ],
+    ids=["empty", "garbage", "truncated", "over-limit", "bomb", "pil-bomb"],
+)
+def test_open_checked_errors(data, max_pixels, status, error, message):
+    with pytest.raises(RequestError, match=message) as info:
+        open_checked(data, "x.png", max_pixels)
+    assert (info.value.status, info.value.error) == (status, error)
+
+
+def test_decode_base64_plain_data_url_and_invalid():
+    raw = png()
+    text = base64.b64encode(raw).decode()
+    assert decode_base64(text, "i") == raw
+    assert decode_base64("data:image/png;base64," + text, "i") == raw
+    with pytest.raises(RequestError, match="images\\[2\\]: not valid base64"):
+        decode_base64("@@@", "images[2]")
+
+
+def test_limit_top_k_keeps_most_probable_first():
+    r = {"image": "a", "h": {"prediction": "y", "probabilities": {"x": 0.2, "y": 0.5, "z": 0.3}}, "n": 1}
+    assert limit_top_k(r, 2)["h"]["probabilities"] == {"y": 0.5, "z": 0.3}
+    assert list(limit_top_k(r, 2)["h"]["probabilities"]) == ["y", "z"]
+    assert limit_top_k(r, None) is r and limit_top_k(r, 1)["n"] == 1
+
+
+# ----------------------------------------------------------------------------------------- payload
+
+
+def request(body: bytes, content_type: str | None) -> Request:
+    headers = [] if content_type is None else [(b"content-type", content_type.encode())]
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/predict", "headers": headers}, receive)
+
+
+def multipart(files: list[tuple[str, bytes]], data: dict | None = None) -> Request:
+    parts = [("images", (n, b, "image/png")) for n, b in files]
+    parts += [(k, (None, v)) for k, v in (data or {}).items()]  # form fields, multipart even without files
+    prepared = requests.Request("POST", "http://x/predict", files=parts).prepare()
+    return request(prepared.body, prepared.headers["Content-Type"])
+
+
+def test_read_payload_multipart_and_json():
+    p = asyncio.run(read_payload(multipart([("a.png", b"1"), ("b.png", b"2")], {"tta": "false", "top_k": "2"}), 4))
+    assert (p.names, p.images, p.options.tta, p.options.top_k) == (["a.png", "b.png"], [b"1", b"2"], False, 2)
+    body = {"images": [base64.b64encode(b"xy").decode()], "names": ["n"], "tta": True}
+    p = asyncio.run(read_payload(request(json.dumps(body).encode(), "application/json"), 4))
+    assert (p.names, p.images, p.options.tta, p.options.top_k) == (["n"], [b"xy"], True, None)
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "error", "message"),
+    [
+        (lambda: request(b"", None), 400, "empty_body", "empty request"),
+        (lambda: request(b"", "application/json"), 400, "empty_body", "empty JSON body"),
+        (lambda: request(b'{"images": []}', "application/json"), 400, "empty_body", "is empty"),
+        (lambda: request(b'{"imgs": ["x"]}', "application/json"), 400, "invalid_request", "images: Field required"),
+        (lambda: request(b'{"images": ["eA=="], "names": ["a", "b"]}', "application/json"), 400,
+         "invalid_request", "2 names for 1 images"),
+        (lambda: request(b'{"images": ["eA==", "eA==", "eA=="]}', "application/json"), 413, "too_many_images",
+         "3 images in one request, max_images_per_request=2"),
+        (lambda: request(b"abc", "text/plain"), 415, "unsupported_media", "'text/plain' is not accepted"),
+        (lambda: multipart([], {"tta": "true"}), 400, "empty_body", "no image files"),
+        (lambda: multipart([("a.png", b"1")], {"colour": "red"}), 400, "invalid_request", "unknown form field"),
+        (lambda: multipart([("a.png", b"1")], {"top_k": "zero"}), 400, "invalid_request", "top_k"),
+        (lambda: multipart([("a", b"1"), ("b", b"2"), ("c", b"3")]), 413, "too_many_images", "more than 2"),
+        (lambda: request(b"--x\r\n", "multipart/form-data"), 400, "invalid_request", "malformed multipart"),
+    ],
+    ids=["no-body", "empty-json", "no-images", "schema", "names", "too-many-json", "content-type",
+         "no-files", "unknown-field", "bad-option", "too-many-files", "no-boundary"],
+)
+def test_read_payload_errors(make, status, error, message):
+    with pytest.raises(RequestError, match=message) as info:
+        asyncio.run(read_payload(make(), max_images=2))
+    assert (info.value.status, info.value.error) == (status, error)
