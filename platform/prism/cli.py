@@ -15,6 +15,7 @@ EPILOG = """examples:
   prism train jobs/circles.yaml train.num_workers=2 stages.1.epochs=10
   ray job submit --working-dir . -- prism train jobs/circles.yaml
   prism config jobs/circles.yaml lora.rank=16           print the resolved config
+  prism tune jobs/circles.yaml --space tune_spaces/lora.yaml    search LoRA rank / LR / stage plans
   prism predict --model models:/circles@champion images/ --out preds.csv
   prism evaluate --model models:/circles@champion --labels data/labels.csv
   prism data synth circles --n 600 --out data/circles
@@ -43,6 +44,13 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.job, args.overrides)
     run_training(cfg, job_file=str(args.job))
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from prism.tune import run_sweep
+
+    run_sweep(args.job, args.space, args.overrides)
     return 0
 
 
@@ -148,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(p)
     p.set_defaults(fn=_cmd_train)
 
+    p = sub.add_parser("tune", help="Ray Tune sweep over config keys (ASHA); best trial registered as @candidate")
+    _add_job_args(p)
+    p.add_argument("--space", type=Path, required=True, help="search space YAML (see tune_spaces/)")
+    p.set_defaults(fn=_cmd_tune)
+
     p = sub.add_parser("config", help="print the resolved config of a job spec with overrides")
     _add_job_args(p)
     p.set_defaults(fn=_cmd_config)
@@ -204,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list registered backbones")
     p.set_defaults(fn=_cmd_backbones)
 
-    p = sub.add_parser("demo", help="synthetic data → training → registry → predictions, on embedded defaults")
+    p = sub.add_parser("demo", help="synthetic data → 2-worker training → registry → Serve → HTTP predictions (embedded defaults)")
     p.add_argument("--workdir", type=Path, default=Path("."))
     p.set_defaults(fn=_cmd_demo)
     return parser

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 __all__ = ["plot_metric_vs_params"]
 
@@ -43,6 +44,7 @@ def plot_metric_vs_params(table: pd.DataFrame, keys: list[str], value_column: st
             x = values.astype(float)
             if key in log_keys:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short decade overlap
         else:
             labels = list(dict.fromkeys(str(v) for v in values))
             x = values.map(lambda v, labels=labels: labels.index(str(v)))
@@ -63,5 +65,5 @@ def plot_metric_vs_params(table: pd.DataFrame, keys: list[str], value_column: st
             legend.setdefault(label, handle)
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize=8)
-    fig.suptitle(f"best {metric} per trial ({len(rows)} of {len(table)} trials with a value)")
+    fig.suptitle(f"best {metric} per trial\n({len(rows)} of {len(table)} trials with a value)", fontsize=10)
     return fig
