@@ -93,3 +93,48 @@ def test_plot_has_one_panel_per_key_and_skips_missing_values(rows):
     assert sum(len(c.get_offsets()) for c in panels[0].collections) == 3  # the errored trial has no value
     assert "3 of 4 trials" in fig._suptitle.get_text()
     assert {t.get_text() for t in fig.legends[0].get_texts()} == {"completed", "stopped"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A scratch SQLite MLflow store; global MLflow state reset after."""
+    import mlflow
+
+    from prism.tracking import configure_tracking, get_or_create_experiment
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", "unused")  # so the context restores it: MLflow exports the URI
+        mp.setenv("MLFLOW_REGISTRY_URI", "unused")
+        configure_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+        yield get_or_create_experiment("tune-results")
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def test_child_runs_are_closed_with_the_status_tune_implies(store):
+    """Tune ends a stopped trial with its Train run inside: its run is left RUNNING or FAILED (timing)."""
+    from mlflow import MlflowClient
+
+    from prism.tune.results import STATUS_TAG, finish_child_runs
+
+    client = MlflowClient()
+    parent = client.create_run(store).info.run_id
+    left = {"done": "FINISHED", "killed": "RUNNING", "raised": "FAILED", "crashed": "RUNNING", "broke": "FAILED"}
+    runs = {}
+    for trial, status in left.items():
+        runs[trial] = client.create_run(store, tags={"mlflow.parentRunId": parent, "trial": trial}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(runs[trial], status)
+    errors = {"crashed", "broke"}  # Tune recorded an error for these
+    rows = [{"trial_id": t, best_column(METRIC): 0.5, "status": "error" if t in errors else ""}
+            for t in [*left, "never-started"]]
+    finish_child_runs(rows, store, parent, METRIC, trial_tag="trial")
+    got = {r["trial_id"]: r["status"] for r in rows}
+    assert got == {"done": "completed", "killed": "stopped", "raised": "stopped", "crashed": "error",
+                   "broke": "error", "never-started": "error"}
+    for trial, expected in {"done": "FINISHED", "killed": "FINISHED", "raised": "FINISHED", "crashed": "FAILED",
+                            "broke": "FAILED"}.items():
+        run = client.get_run(runs[trial])
+        assert (run.info.status, run.data.tags[STATUS_TAG]) == (expected, got[trial])
+    assert client.get_run(runs["killed"]).data.metrics[f"best/{METRIC}"] == 0.5
+    assert f"best/{METRIC}" not in client.get_run(runs["done"]).data.metrics  # run_training logged its own

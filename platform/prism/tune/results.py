@@ -6,9 +6,11 @@ Columns: ``trial_id``, one column per searched key (the sampled value; stage pla
 ``mlflow_run_id`` and ``checkpoint`` (the Train checkpoint holding the best value). Rows are ordered
 best first.
 
-A trial that ASHA stops is ended by Tune together with the Train run inside it, so its MLflow run is still
-``RUNNING`` when the sweep returns: :func:`finish_child_runs` logs its ``best/<metric>``, tags it and
-closes it, which is also how a stopped trial is told apart from one that completed its plan.
+A trial that ASHA stops is ended by Tune together with the Train run inside it, so ``run_training`` never
+finishes its MLflow run: depending on timing the run is left ``RUNNING`` (the thread died) or ``FAILED``
+(``fit()`` raised as its Train controller went away). A trial that fails by itself carries a Tune error;
+so a child run that did not finish, of a trial without an error, was stopped by the scheduler.
+:func:`finish_child_runs` logs its ``best/<metric>``, tags it ``stopped`` and closes it as FINISHED.
 """
 
 from __future__ import annotations
@@ -79,12 +81,12 @@ def finish_child_runs(rows: list[dict[str, Any]], experiment_id: str, parent_run
                       trial_tag: str) -> None:
     """Match each row to its MLflow child run (by ``trial_tag``), set ``status`` and close runs Tune ended.
 
-    A child still ``RUNNING`` was ended by Tune before ``run_training`` returned (ASHA stop, or a crash):
-    it gets ``best/<metric>`` from the Tune results and is closed as FINISHED (stopped) or FAILED (error).
-    Every child gets the tag :data:`STATUS_TAG`.
+    ``completed``: the run finished. ``error``: Tune recorded an error for the trial (a crash that left the
+    run RUNNING is closed as FAILED). ``stopped``: no error but the run did not finish (see the module
+    docstring); it gets ``best/<metric>`` from the Tune results and is closed as FINISHED. Every child gets
+    the tag :data:`STATUS_TAG`.
     """
     from mlflow import MlflowClient
-    from mlflow.entities import RunStatus
 
     client = MlflowClient()
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -96,15 +98,16 @@ def finish_child_runs(rows: list[dict[str, Any]], experiment_id: str, parent_run
         if run is None:
             row["status"] = row["status"] or "error"  # ended before its MLflow run started
             continue
-        status = run.info.status
-        if status == "RUNNING":
-            row["status"] = row["status"] or "stopped"
+        finished = run.info.status == "FINISHED"
+        if row["status"] != "error":
+            row["status"] = "completed" if finished else "stopped"
+        if row["status"] == "stopped":
             value = row[best_column(metric)]
             if math.isfinite(value):
                 client.log_metric(run.info.run_id, f"best/{metric}", value)
-            client.set_terminated(run.info.run_id, "FAILED" if row["status"] == "error" else "FINISHED")
-        elif not row["status"]:
-            row["status"] = "completed" if status == RunStatus.to_string(RunStatus.FINISHED) else status.lower()
+            client.set_terminated(run.info.run_id, "FINISHED")
+        elif row["status"] == "error" and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
         client.set_tag(run.info.run_id, STATUS_TAG, row["status"])
 
 
