@@ -12,6 +12,7 @@ import torch
 
 from prism.data.table import read_label_table
 from prism.predictor import Predictor
+from prism.tasks._images import to_model_input
 
 __all__ = ["EvalReport", "evaluate"]
 
@@ -55,8 +56,6 @@ def evaluate(predictor: Predictor, labels_csv: Path, image_column: str = "image"
         chunk = paths[start:start + batch_size]
         arrays = np.stack([predictor.load_image(p, p) for p in chunk])
         x = torch.from_numpy(arrays)
-        from prism.tasks._images import to_model_input
-
         probs = task.infer(predictor.model, to_model_input(x, task.mean, task.std, predictor.device), tta=tta)
         acc.update(probs, {k: v[start:start + len(chunk)] for k, v in targets.items()})
     return EvalReport(acc.compute(prefix=""), acc.export(), len(paths), len(table.skipped))
