@@ -10,6 +10,9 @@ RUN := $(UV) run --frozen
 
 .PHONY: install demo test test-fast lint bench clean
 
+# Every benchmark, in this order, then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: ~1 min each.
+BENCHES := train_throughput data_throughput serve_throughput model_flops
+
 .tools/bin/uv:
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv
@@ -28,6 +31,10 @@ test-fast: install
 
 lint: install
 	$(RUN) ruff check platform tests bench
+
+bench: install
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(RUN) python bench/$$b.py $(if $(QUICK),--quick) || exit 1; done
+	$(RUN) python bench/report.py
 
 clean:
 	rm -rf prism_runs prism_data prism_eval .pytest_cache

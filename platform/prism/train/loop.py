@@ -21,10 +21,10 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from prism._distributed import all_reduce_sum
 from prism.config import JobConfig
 from prism.train.checkpoint import load_checkpoint, save_checkpoint
 from prism.train.precision import autocast, resolve_amp
@@ -37,13 +37,6 @@ __all__ = ["train_loop_per_worker"]
 log = logging.getLogger("prism.train")
 
 
-def _all_mean(values: torch.Tensor) -> torch.Tensor:
-    """Sum ``(sum, count)`` pairs over workers (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
 def _cosine_factor(epochs: int):
     """LR multiplier per epoch of a stage: cosine from 1 down to 0.1."""
     return lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
@@ -52,7 +45,8 @@ def _cosine_factor(epochs: int):
 def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimizer, scaler, cfg: JobConfig,
                  device: torch.device, amp_dtype) -> dict[str, float]:
     ddp.train()
-    totals = torch.zeros(2, dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # stays on the device: no sync per step
+    rows = 0
     start = time.perf_counter()
     buffer = cfg.data.shuffle_buffer or None
     for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, local_shuffle_buffer_size=buffer):
@@ -67,9 +61,11 @@ def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimi
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        totals += torch.tensor([float(loss.detach()) * len(x), len(x)], dtype=torch.float64)
+        loss_sum += loss.detach().double() * len(x)
+        rows += len(x)
+    loss_total = loss_sum.cpu()  # waits for the device's queued work, so `elapsed` includes it
     elapsed = time.perf_counter() - start
-    totals = _all_mean(totals)
+    totals = all_reduce_sum(torch.stack([loss_total, torch.tensor(rows, dtype=torch.float64)]))
     if totals[1] == 0:
         raise RuntimeError("the training shard produced no batches: is the train split empty?")
     # images of all workers over this worker's wall time: the job's training throughput

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from prism._distributed import all_reduce_sum
 from prism.tasks.base import MetricAccumulator
 from prism.tasks.multihead.config import MultiHeadTaskConfig
 from prism.tasks.multihead.labels import IGNORE
@@ -66,8 +67,7 @@ class MultiHeadMetrics(MetricAccumulator):
     def reduce(self) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             return
-        flat = torch.cat([c.flatten() for c in self.cm.values()] + [self.loss_sum])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = all_reduce_sum(torch.cat([c.flatten() for c in self.cm.values()] + [self.loss_sum]))
         offset = 0
         for name, c in self.cm.items():
             self.cm[name] = flat[offset:offset + c.numel()].reshape(c.shape).clone()

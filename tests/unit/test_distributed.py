@@ -1,0 +1,65 @@
+"""Cross-worker sums: identity alone, correct under a real (gloo) group, on CUDA when the backend is NCCL."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from prism._distributed import all_reduce_sum, collective_device
+from prism.tasks.multihead.config import MultiHeadTaskConfig
+from prism.tasks.multihead.metrics import MultiHeadMetrics
+
+
+@pytest.fixture
+def gloo_group():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_not_distributed_returns_the_tensor_itself():
+    t = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert all_reduce_sum(t) is t
+
+
+def test_sum_under_a_gloo_group_keeps_dtype_and_device(gloo_group):
+    t = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    out = all_reduce_sum(t)
+    assert out.device == t.device and out.dtype == torch.float64
+    assert torch.equal(out, t)  # world size 1: the sum is the tensor
+
+
+def test_nccl_collectives_run_on_the_current_cuda_device(monkeypatch):
+    # NCCL cannot reduce CPU tensors ("No backend type associated with device type cpu"), so Prism's CPU
+    # counters must be moved to the worker's GPU for the collective.
+    monkeypatch.setattr(dist, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert collective_device() == torch.device("cuda", 1)
+
+
+def test_gloo_collectives_stay_on_cpu(gloo_group):
+    assert collective_device() == torch.device("cpu")
+
+
+def test_metrics_reduce_goes_through_the_backend_aware_sum(monkeypatch):
+    cfg = MultiHeadTaskConfig.model_validate({"heads": [{"name": "a", "classes": ["x", "y"]}]})
+    acc = MultiHeadMetrics(cfg)
+    acc.update({"a": torch.tensor([[2.0, 0.0], [0.0, 3.0]])}, {"y_a": torch.tensor([0, 1])}, loss=0.5)
+    seen = []
+
+    def fake_sum(t):
+        seen.append(t.clone())
+        return t * 2  # as if two identical workers
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr("prism.tasks.multihead.metrics.all_reduce_sum", fake_sum)
+    acc.reduce()
+    assert len(seen) == 1
+    assert acc.cm["a"].tolist() == [[2.0, 0.0], [0.0, 2.0]]
+    assert acc.loss_sum.tolist() == [2.0, 4.0]
