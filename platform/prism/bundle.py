@@ -58,12 +58,17 @@ def read_bundle_config(path: Path) -> JobConfig:
     return JobConfig.model_validate(yaml.safe_load(cfg_file.read_text()))
 
 
-def load_bundle(path: Path, device: str | torch.device = "cpu") -> tuple[JobConfig, Task, nn.Module]:
+def load_bundle(path: Path, device: str | torch.device = "cpu", merge: bool = False
+                ) -> tuple[JobConfig, Task, nn.Module]:
     """Rebuild ``(config, task, model)`` from a bundle, in eval mode on ``device``.
+
+    ``merge=True`` folds the LoRA adapters into the base weights (:func:`prism.adapters.merge_lora`): the
+    model predicts the same up to float rounding without peft's extra low-rank matmuls in every adapted
+    layer (what a predictor wants; resuming training or exporting needs the adapters, so not the default).
 
     Raises ``ValueError`` when the rebuilt base weights differ from the ones the bundle was trained on.
     """
-    from prism.adapters import load_adapted
+    from prism.adapters import load_adapted, merge_lora
     from prism.tasks import build_task
 
     path = Path(path)
@@ -79,4 +84,6 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> tuple[JobConf
             f"(backbone.weights={meta.get('weights')}, pretrained={meta.get('pretrained')})."
         )
     load_adapted(path / WEIGHTS_FILE, model, strict=True)
+    if merge:
+        merge_lora(model)
     return cfg, task, model.to(device).eval()

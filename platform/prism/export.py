@@ -29,7 +29,7 @@ def export_merged(source: str, out_dir: Path, check_atol: float = 1e-4) -> Path:
     from prism.adapters import merge_lora
     from prism.predictor import load_predictor
 
-    pred = load_predictor(source, device="cpu")
+    pred = load_predictor(source, device="cpu", merge=False)
     model = pred.model
     s = pred.img_size
     x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))

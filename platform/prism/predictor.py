@@ -55,11 +55,13 @@ class Predictor:
         self.img_size = int(cfg.backbone.img_size)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None) -> Predictor:
+    def from_bundle(cls, path: str | Path, device: str | torch.device | None = None,
+                    merge: bool = True) -> Predictor:
+        """The predictor of a bundle folder; ``merge`` folds LoRA into the weights (same outputs, faster)."""
         from prism.bundle import load_bundle
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        cfg, task, model = load_bundle(Path(path), device=device)
+        cfg, task, model = load_bundle(Path(path), device=device, merge=merge)
         return cls(cfg, task, model, device, source=str(path))
 
     def load_image(self, image: ImageInput, name: str = "<image>") -> np.ndarray:
@@ -109,12 +111,13 @@ class Predictor:
                 "img_size": self.img_size, "labels": self.task.label_maps()}
 
 
-def load_predictor(source: str | Path, device: str | torch.device | None = None) -> Predictor:
+def load_predictor(source: str | Path, device: str | torch.device | None = None,
+                   merge: bool = True) -> Predictor:
     """A predictor from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/…`` or a bundle folder."""
     from prism.tracking import resolve_model_uri
 
     path = resolve_model_uri(str(source))
-    pred = Predictor.from_bundle(path, device=device)
+    pred = Predictor.from_bundle(path, device=device, merge=merge)
     pred.source = str(source)
     return pred
 

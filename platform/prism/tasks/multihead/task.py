@@ -15,6 +15,7 @@ from prism.tasks.multihead.labels import encode_labels, unknown_labels
 from prism.tasks.multihead.loss import multihead_loss
 from prism.tasks.multihead.metrics import MultiHeadMetrics
 from prism.tasks.multihead.model import MultiHeadClassifier, build_heads
+from prism.train.precision import autocast, resolve_amp
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,14 +87,18 @@ class MultiHeadTask(Task):
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = False) -> dict[str, torch.Tensor]:
-        """``(B, 3, H, W)`` → ``{head: probabilities (B, K)}``, averaged over the identity and TTA views.
+        """``(B, 3, H, W)`` → ``{head: probabilities (B, K)}`` float32, averaged over the identity and TTA views.
 
         ``tta`` is False (identity only), True (the configured ``task.tta`` views) or an explicit list.
+        The forward runs in the job's mixed precision (``train.amp``, see :func:`resolve_amp`: bf16 or fp16
+        on CUDA, fp32 on CPU), as the validation pass of training does.
         """
         ops = ["identity"] + (list(self.tcfg.tta) if tta is True else list(tta or []))
+        amp = resolve_amp(self.cfg.train.amp, x.device)
         acc: dict[str, torch.Tensor] = {}
         for op in ops:
-            logits = model(apply_view(x, op))
+            with autocast(x.device, amp):
+                logits = model(apply_view(x, op))
             for k, z in logits.items():
                 p = z.float().softmax(dim=-1)
                 acc[k] = p if k not in acc else acc[k] + p

@@ -1,0 +1,103 @@
+"""Inference runs as fast as the model allows: mixed precision in ``task.infer``, LoRA merged for prediction.
+
+``bench/model_flops.py`` measures both; these tests pin the behaviour on the tiny DINOv2 backbone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prism.adapters import has_lora, merge_lora, save_adapted, trainable_names_union
+from prism.bundle import WEIGHTS_FILE, load_bundle, write_bundle_meta
+from prism.config import load_config
+from prism.tasks import build_task
+from tests.conftest import CIRCLES_JOB
+
+PLAN = "stages=[{kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A bundle of the circles job (tiny backbone, 56 px) whose LoRA and heads are non-trivial."""
+    cfg = load_config(CIRCLES_JOB, [PLAN, "backbone.img_size=56"])
+    task = build_task(cfg)
+    model = task.build_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or n.startswith("heads."):
+                p.normal_(0, 0.05)
+    write_bundle_meta(tmp_path, cfg, task, model)
+    save_adapted(tmp_path / WEIGHTS_FILE, model, sorted(trainable_names_union(model, cfg.stages)))
+    return tmp_path
+
+
+def _head_output_dtypes(model: nn.Module) -> list[torch.dtype]:
+    """Records the output dtype of every head Linear while the returned list is alive (hooks stay on)."""
+    seen: list[torch.dtype] = []
+    for m in model.heads.modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, None])
+def test_infer_runs_the_forward_in_the_jobs_mixed_precision(bundle, monkeypatch, amp):
+    """infer asks resolve_amp for the job's train.amp on x's device and runs the forward under that autocast
+    (bf16 on a CUDA device; here forced on CPU), returning float32 probabilities either way."""
+    from prism.tasks.multihead import task as task_module
+
+    cfg, task, model = load_bundle(bundle)
+    asked = []
+
+    def fake_resolve_amp(mode, device):
+        asked.append((mode, torch.device(device).type))
+        return amp
+
+    monkeypatch.setattr(task_module, "resolve_amp", fake_resolve_amp)
+    seen = _head_output_dtypes(model)
+    probs = task.infer(model, torch.randn(2, 3, 56, 56), tta=True)
+    assert asked == [(cfg.train.amp, "cpu")]
+    assert set(seen) == {amp or torch.float32}
+    for p in probs.values():
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p.sum(-1), torch.ones(2), atol=1e-3, rtol=0)
+
+
+def test_infer_on_cpu_stays_float32(bundle):
+    _, task, model = load_bundle(bundle)
+    seen = _head_output_dtypes(model)
+    task.infer(model, torch.randn(2, 3, 56, 56))
+    assert seen and set(seen) == {torch.float32}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_infer_on_cuda_uses_autocast(bundle):
+    _, task, model = load_bundle(bundle, device="cuda")
+    seen = _head_output_dtypes(model)
+    probs = task.infer(model, torch.randn(2, 3, 56, 56, device="cuda"))
+    assert set(seen) <= {torch.bfloat16, torch.float16} and seen
+    assert all(p.dtype == torch.float32 for p in probs.values())
+
+
+def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
+    """Folding LoRA into the weights at load time (what a predictor should run) keeps predictions to 1e-5
+    and leaves no peft layer, so no adapted Linear runs its extra low-rank matmuls."""
+    _, task, model = load_bundle(bundle)
+    assert has_lora(model)
+    x = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    adapted = task.infer(model, x, tta=True)
+    merged_model = merge_lora(model)
+    merged = task.infer(merged_model, x, tta=True)
+    assert not has_lora(merged_model)
+    assert not any("lora" in n for n, _ in merged_model.named_parameters())
+    for k in adapted:
+        torch.testing.assert_close(merged[k], adapted[k], atol=1e-5, rtol=0)
+
+
+def test_predictor_model_has_lora_merged(bundle):
+    from prism.predictor import Predictor
+
+    assert not has_lora(Predictor.from_bundle(bundle, device="cpu").model)
