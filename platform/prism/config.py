@@ -145,7 +145,8 @@ class TrainConfig(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        default="auto", description="auto = bf16 on GPUs that support it, else fp16 on GPU, off on CPU."
+        default="auto", description="auto = bf16 on GPUs that support it, else fp16 on GPU, off on CPU; "
+        "bf16 = bf16 on GPU and CPU (fast on CPUs with AVX512-BF16 or AMX)."
     )
     metric: str = Field(default="val/macro_f1", description="Metric that picks the best checkpoint.")
     mode: Literal["max", "min"] = "max"
