@@ -157,6 +157,11 @@ def measure_forward(backbone: str, cfg: Any, device: torch.device, batch: int, r
             return ref(x)
 
     fns = {"prism": prism, "timm": plain}
+    if device.type == "cpu":  # the opt-in CPU bf16 path (train.amp=bf16), same model and batch
+        from prism.tasks import build_task
+
+        bf16_task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"amp": "bf16"})}))
+        fns["prism_bf16"] = lambda: bf16_task.infer(model, x, tta=False)
     if unmerged:
         merged_model = merge_lora(copy.deepcopy(model))
         fns["merged"] = lambda: task.infer(merged_model, x, tta=False)
@@ -260,6 +265,10 @@ def main() -> None:
                         prism_label="Predictor model via task.infer",
                         reference_label=f"timm {MODELS[name]}" + (" (bf16 autocast)" if on_gpu else ""),
                         target=WRAPPER_TARGET))
+        if "prism_bf16" in ips:
+            rows.append(Row(f"forward img/s, {short}: train.amp=bf16 vs fp32 on CPU", "img/s", ips["prism_bf16"],
+                            ips["prism"], prism_label="Predictor model via task.infer, amp bf16",
+                            reference_label="Predictor model via task.infer, fp32 (amp auto)"))
         g = fwd["gflops_per_image"]
         a = m["analytic_gflops_per_image"]
         notes.append(f"{short}: FlopCounterMode {g['timm']:.3f} GFLOP/img for plain timm vs analytic "

@@ -42,8 +42,7 @@ def test_reconfigure_loads_the_alias_and_applies_batch_settings(champion_v1):
         MODEL_NAME, 1, "champion", f"models:/{MODEL_NAME}/1")
     assert (info.metric, info.metric_value, info.task, info.img_size) == ("val/macro_f1", 0.5, "multihead", 56)
     assert info.run_id and "champion" in info.aliases
-    assert served._predict_batch._get_max_batch_size() == 5
-    assert served._predict_batch._get_batch_wait_timeout_s() == 0.25
+    assert (served.batcher.max_batch_size, served.batcher.batch_wait_timeout_s) == (5, 0.25)
     served.check_health()
 
 

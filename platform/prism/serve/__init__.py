@@ -4,7 +4,8 @@ Modules, from the outside in::
 
     app.py          build_app(AppArgs) (the typed builder named by import_path), run_local, load_serve_config
     deployment.py   Classifier: the HTTP API (FastAPI via @serve.ingress) over a ServedModel
-    model.py        ServedModel: reconfigure, reload with an atomic version swap, @serve.batch inference
+    model.py        ServedModel: reconfigure, reload with an atomic version swap, batched inference
+    batching.py     Batcher: images of concurrent requests → one forward pass (next batch = what queued meanwhile)
     payload.py      POST /predict request (multipart or JSON) → named image bytes + options
     images.py       header-checked decoding (pixel limit before decode)
     schemas.py      request / response bodies (OpenAPI), top_k

@@ -8,10 +8,11 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     GET  /settings  the replica's ServeSettings (user_config): limits, batching, defaults
     POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
 
-``POST /predict``: :func:`read_payload` (content type, image count) → decoding with the pixel check in a
-worker thread → :meth:`ServedModel.predict_images` (``@serve.batch``) → ``top_k``. Bad input is a 4xx
-``{"error", "detail"}`` raised before the model is touched. ``POST /reload`` reaches one replica; changing
-the ``user_config`` (``serve deploy``) calls ``reconfigure`` on every replica.
+``POST /predict``: :func:`read_payload` (content type, image count) → in a worker thread, decoding with the
+pixel check and the resize to the model's input (:meth:`ServedModel.prepare`) →
+:meth:`ServedModel.predict_images` (the replica's :class:`~prism.serve.batching.Batcher`) → ``top_k``. Bad
+input is a 4xx ``{"error", "detail"}`` raised before the model is touched. ``POST /reload`` reaches one
+replica; changing the ``user_config`` (``serve deploy``) calls ``reconfigure`` on every replica.
 
 No ``from __future__ import annotations`` here: Serve re-creates the route functions for its class-based
 views, and FastAPI must still see the real ``Request`` / response annotations.
@@ -25,7 +26,6 @@ from fastapi import FastAPI, Request
 from ray import serve
 
 from prism.serve.errors import RequestError, install_error_handlers
-from prism.serve.images import open_checked
 from prism.serve.model import ServedModel
 from prism.serve.payload import read_payload
 from prism.serve.schemas import (
@@ -65,7 +65,12 @@ def _check_multipart_installed() -> None:
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32, health_check_period_s=10)
 @serve.ingress(api)
 class Classifier(ServedModel):
-    """Serves one classification model; settings arrive through ``reconfigure`` (``ServeSettings``)."""
+    """Serves one classification model; settings arrive through ``reconfigure`` (``ServeSettings``).
+
+    Each replica reserves ``ray_actor_options.num_cpus`` (1 here, overridable in the Serve config), and Ray
+    sets ``OMP_NUM_THREADS`` from it, so torch runs that many threads per replica: scale out with replicas
+    or raise ``num_cpus``.
+    """
 
     def __init__(self, tracking_uri: str, device: str | None = None):
         _check_multipart_installed()
@@ -78,7 +83,7 @@ class Classifier(ServedModel):
         self.loaded()
         payload = await read_payload(request, settings.max_images_per_request)
         images = await asyncio.to_thread(
-            lambda: [open_checked(data, name, settings.max_image_pixels)
+            lambda: [self.prepare(data, name, settings.max_image_pixels)
                      for name, data in zip(payload.names, payload.images, strict=True)]
         )
         tta = settings.tta if payload.options.tta is None else payload.options.tta

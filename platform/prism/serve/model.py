@@ -7,25 +7,29 @@ Versions: the model is one immutable :class:`Loaded` (predictor + its :class:`Mo
 in a worker thread and only then replaces that one reference; a batch reads the reference once when it
 starts, so every image is answered by exactly one version and nothing fails while the version changes.
 
-Batching: :meth:`ServedModel.predict_images` makes one call per image into the ``@serve.batch`` method
-``_predict_batch`` and gathers them with asyncio, so images of concurrent requests share forward passes;
-the batch is stacked to ``uint8 (B, S, S, 3)`` and run by ``predictor.predict_arrays`` in a worker thread,
-keeping the event loop free for other requests meanwhile.
+Batching: the request handler decodes and resizes its images in a worker thread (:meth:`ServedModel.prepare`,
+off the event loop and in parallel with a running forward pass), then :meth:`ServedModel.predict_images`
+queues each ``uint8 (S, S, 3)`` image on the replica's :class:`~prism.serve.batching.Batcher`, so images of
+concurrent requests share forward passes. A batch is stacked to ``uint8 (B, S, S, 3)`` and run by
+``predictor.predict_arrays`` on the replica's model thread (not asyncio's default pool, where it could queue
+behind the decoding of large images), keeping the event loop free for other requests meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
-from ray import serve
 
+from prism.serve.batching import Batcher
 from prism.serve.errors import RequestError
+from prism.serve.images import open_checked
 from prism.serve.schemas import ModelInfo
 from prism.serve.settings import ServeSettings
 
@@ -64,9 +68,16 @@ def load_version(uri: str, device: str | None) -> Loaded:
     return Loaded(predictor, info)
 
 
-def run_batch(predictor: Predictor, images: list[Image.Image], ttas: list[bool]) -> list[dict[str, Any]]:
-    """Decoded RGB images → one result each: stacked to ``uint8 (B, S, S, 3)``, one pass per TTA flag."""
-    arrays = np.stack([predictor.load_image(img) for img in images])
+def run_batch(predictor: Predictor, images: list[np.ndarray | Image.Image], ttas: list[bool]) -> list[dict[str, Any]]:
+    """Images → one result each: stacked to ``uint8 (B, S, S, 3)``, one pass per TTA flag.
+
+    ``images`` are normally ``uint8 (S, S, 3)`` arrays already at the predictor's size (:meth:`ServedModel.prepare`);
+    anything else (a PIL image, an array of another size, e.g. prepared for a version swapped out since) goes
+    through ``predictor.load_image`` first.
+    """
+    size = (predictor.img_size, predictor.img_size, 3)
+    arrays = np.stack([im if isinstance(im, np.ndarray) and im.shape == size and im.dtype == np.uint8
+                       else predictor.load_image(im) for im in images])
     results: list[dict[str, Any]] = [{} for _ in images]
     for tta in sorted(set(ttas)):
         idx = [i for i, t in enumerate(ttas) if t == tta]
@@ -86,6 +97,10 @@ class ServedModel:
         self._settings = ServeSettings()
         self._loaded: Loaded | None = None
         self._reload_lock = asyncio.Lock()
+        self.batcher: Batcher[tuple[np.ndarray, bool], dict[str, Any]] = Batcher(
+            self._predict_batch, self._settings.max_batch_size, self._settings.batch_wait_timeout_s)
+        # The model's own thread: a batch never queues behind image decoding in asyncio's default pool.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-model")
 
     @property
     def settings(self) -> ServeSettings:
@@ -94,8 +109,7 @@ class ServedModel:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new settings; loads the model at start, when ``model_uri`` changes, or when its alias moved."""
         settings = ServeSettings.model_validate(user_config)
-        self._predict_batch.set_max_batch_size(settings.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.batcher.configure(settings.max_batch_size, settings.batch_wait_timeout_s)
         force = self._loaded is None or settings.model_uri != self._settings.model_uri
         await self.reload(settings.model_uri, force=force)
         self._settings = settings
@@ -132,12 +146,23 @@ class ServedModel:
             log.info("serving %s (%s)", new.info.resolved_uri, uri)
             return True
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _predict_batch(self, images: list[Image.Image], ttas: list[bool]) -> list[dict[str, Any]]:
-        """Called once per image; Serve collects concurrent calls and hands them over as lists."""
-        predictor = self.loaded().predictor  # one version for the whole batch
-        return await asyncio.to_thread(run_batch, predictor, images, ttas)
+    def prepare(self, data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+        """One image file → ``uint8 (S, S, 3)`` at the served model's size (blocking: run it in a worker thread).
 
-    async def predict_images(self, images: list[Image.Image], tta: bool) -> list[dict[str, Any]]:
-        """Decoded RGB images → results (without names), in order; batched with other callers' images."""
-        return list(await asyncio.gather(*(self._predict_batch(img, tta) for img in images)))
+        The header check (``max_pixels``, default the settings' ``max_image_pixels``) and decoding of
+        :func:`~prism.serve.images.open_checked` (4xx :class:`RequestError`), then ``predictor.load_image``:
+        the pixels ``prism predict`` computes. Done per request, so a batch only stacks ready arrays.
+        """
+        image = open_checked(data, name, self._settings.max_image_pixels if max_pixels is None else max_pixels)
+        return self.loaded().predictor.load_image(image, name)
+
+    async def _predict_batch(self, items: list[tuple[np.ndarray, bool]]) -> list[dict[str, Any]]:
+        """The batcher's function: ``(image, tta)`` pairs of any callers → one result each."""
+        predictor = self.loaded().predictor  # one version for the whole batch
+        images, ttas = [im for im, _ in items], [t for _, t in items]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._model_thread, run_batch, predictor, images, ttas)
+
+    async def predict_images(self, images: list[np.ndarray], tta: bool) -> list[dict[str, Any]]:
+        """Prepared images (:meth:`prepare`) → results (without names), in order; batched with other callers' images."""
+        return await self.batcher.submit_many([(image, tta) for image in images])

@@ -42,9 +42,14 @@ class ServeSettings(StrictModel):
         description="model to serve: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a "
         "bundle folder; an alias is resolved when (re)loading, so POST /reload follows a moved alias",
     )
-    max_batch_size: int = Field(16, ge=1, description="images per forward pass (@serve.batch)")
+    max_batch_size: int = Field(
+        16, ge=1, description="most images per forward pass; images of concurrent requests share one"
+    )
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0.0, description="how long a batch waits to fill before it runs anyway (seconds)"
+        0.0, ge=0.0,
+        description="how long an image may wait for others to fill its batch while the model is idle "
+        "(seconds); images that queue while a batch runs always form the next batch, so 0 (never wait) "
+        "still batches under load",
     )
     max_image_pixels: int = Field(
         4096 * 4096, ge=1,

@@ -1,0 +1,325 @@
+"""Serving without Ray: the replica's Batcher (batch formation, waits, errors) and per-request preparation.
+
+The batcher tests drive :class:`prism.serve.batching.Batcher` with a fake batch function that records the
+batches it gets and can be held "busy" on an event, so batch formation is checked without timing where
+possible. The preparation tests load a fabricated bundle folder into a :class:`ServedModel` (no registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from prism.serve.batching import Batcher
+from prism.serve.model import ServedModel, run_batch
+from tests.unit.test_serve_models import IMG_SIZE, fabricate_bundle, sample_images
+
+HEADS = ("presence", "closure", "circularity")
+
+
+class Model:
+    """A fake batch function: records each batch; ``hold`` keeps the next batch running until released."""
+
+    def __init__(self, fail_on: object = None, extra_result: bool = False):
+        self.batches: list[list] = []
+        self.running = asyncio.Event()
+        self.release: asyncio.Event | None = None
+        self.fail_on = fail_on
+        self.extra_result = extra_result
+
+    def hold(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.running.set()
+        if self.release is not None:
+            release, self.release = self.release, None
+            await release.wait()
+        if self.fail_on in items:
+            raise ValueError(f"cannot handle {self.fail_on!r}")
+        return [f"r{i}" for i in items] + (["extra"] if self.extra_result else [])
+
+
+async def _busy_then_queue(batcher: Batcher, model: Model, queued: list) -> list:
+    """Item 0 starts a batch that stays busy while ``queued`` items arrive; then the batch is released."""
+    model.hold()
+    release = model.release
+    first = asyncio.create_task(batcher.submit(0))
+    await model.running.wait()
+    rest = [asyncio.create_task(batcher.submit(i)) for i in queued]
+    await asyncio.sleep(0.05)  # every submit is queued; the consumer is still inside batch [0]
+    release.set()
+    return await asyncio.gather(first, *rest)
+
+
+def test_items_queued_while_a_batch_runs_form_the_next_batch():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=16, batch_wait_timeout_s=0.0)
+    results = asyncio.run(_busy_then_queue(batcher, model, list(range(1, 11))))
+    assert results == [f"r{i}" for i in range(11)]
+    assert model.batches == [[0], list(range(1, 11))]  # one batch for everything that queued meanwhile
+
+
+def test_max_batch_size_splits_the_queue_in_order():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=16, batch_wait_timeout_s=0.0)
+    asyncio.run(_busy_then_queue(batcher, model, list(range(1, 41))))
+    assert [len(b) for b in model.batches] == [1, 16, 16, 8]
+    assert [i for b in model.batches for i in b] == list(range(41))
+
+
+def test_a_lone_item_waits_for_the_timeout_then_runs_alone():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=4, batch_wait_timeout_s=0.3)
+
+    async def scenario():
+        start = time.monotonic()
+        assert await batcher.submit(7) == "r7"
+        return time.monotonic() - start
+
+    assert asyncio.run(scenario()) >= 0.3 * 0.95
+    assert model.batches == [[7]]
+
+
+def test_a_lone_item_does_not_wait_with_a_zero_timeout():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=32, batch_wait_timeout_s=0.0)
+
+    async def scenario():
+        start = time.monotonic()
+        await batcher.submit(1)
+        return time.monotonic() - start
+
+    assert asyncio.run(scenario()) < 0.25
+    assert model.batches == [[1]]
+
+
+def test_a_full_batch_runs_without_waiting():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=4, batch_wait_timeout_s=5.0)
+
+    async def scenario():
+        start = time.monotonic()
+        results = await batcher.submit_many([1, 2, 3, 4])
+        return results, time.monotonic() - start
+
+    results, elapsed = asyncio.run(scenario())
+    assert results == ["r1", "r2", "r3", "r4"] and model.batches == [[1, 2, 3, 4]]
+    assert elapsed < 2.5, f"a full batch should not wait for the 5 s timeout ({elapsed:.2f} s)"
+
+
+def test_an_item_that_waited_through_a_busy_batch_does_not_wait_again():
+    """The timeout counts from when the oldest item was queued, not from when the model became free."""
+    model = Model()
+    wait, busy = 0.6, 0.8
+    batcher = Batcher(model, max_batch_size=2, batch_wait_timeout_s=wait)
+
+    async def scenario():
+        model.hold()
+        release = model.release
+        first = asyncio.create_task(batcher.submit_many([0, 10]))  # full: runs at once, then stays busy
+        await model.running.wait()
+        start = time.monotonic()
+        second = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(busy)
+        release.set()
+        await asyncio.gather(first, second)
+        return time.monotonic() - start
+
+    elapsed = asyncio.run(scenario())
+    assert model.batches == [[0, 10], [1]]
+    assert elapsed < busy + wait * 0.7, f"item 1 waited again after the busy batch ({elapsed:.2f} s)"
+
+
+def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs():
+    model = Model(fail_on="bad")
+    batcher = Batcher(model, max_batch_size=4, batch_wait_timeout_s=0.0)
+
+    async def scenario():
+        with pytest.raises(ValueError, match="cannot handle 'bad'"):
+            await batcher.submit_many(["bad", "x"])
+        return await batcher.submit("y")
+
+    assert asyncio.run(scenario()) == "ry"
+
+
+def test_a_wrong_number_of_results_is_an_error():
+    batcher = Batcher(Model(extra_result=True), max_batch_size=4)
+    with pytest.raises(RuntimeError, match="returned 2 results for 1 items"):
+        asyncio.run(batcher.submit(1))
+
+
+def test_a_cancelled_caller_is_left_out_of_the_batch():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=8, batch_wait_timeout_s=0.0)
+
+    async def scenario():
+        model.hold()
+        release = model.release
+        first = asyncio.create_task(batcher.submit(0))
+        await model.running.wait()
+        gone = asyncio.create_task(batcher.submit(1))
+        kept = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        release.set()
+        return await asyncio.gather(first, kept)
+
+    assert asyncio.run(scenario()) == ["r0", "r2"]
+    assert model.batches == [[0], [2]]
+
+
+def test_configure_validates_and_applies_to_the_next_batch():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=16)
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1, got 0"):
+        batcher.configure(0, 0.0)
+    with pytest.raises(ValueError, match="batch_wait_timeout_s must be >= 0, got -1"):
+        batcher.configure(2, -1)
+    batcher.configure(2, 0.0)
+    asyncio.run(_busy_then_queue(batcher, model, [1, 2, 3]))
+    assert model.batches == [[0], [1, 2], [3]]
+
+
+def test_one_batcher_serves_successive_event_loops_and_close_cancels_waiters():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=4)
+    assert asyncio.run(batcher.submit(1)) == "r1"
+    assert asyncio.run(batcher.submit(2)) == "r2"  # a new loop gets a new consumer
+
+    async def closed():
+        model.hold()
+        waiting = asyncio.create_task(batcher.submit(3))
+        await model.running.wait()
+        queued = asyncio.create_task(batcher.submit(4))
+        await asyncio.sleep(0.01)
+        batcher.close()
+        return await asyncio.gather(waiting, queued, return_exceptions=True)
+
+    model.running.clear()
+    outcomes = asyncio.run(closed())
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+
+
+# ------------------------------------------------------------------------------ per-request preparation
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return fabricate_bundle(tmp_path_factory.mktemp("bundle"), seed=1)
+
+
+@pytest.fixture
+def served(bundle, tmp_path, monkeypatch):
+    """A ServedModel holding the bundle folder (unregistered: no registry lookup); MLflow's URIs restored."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unused")  # so monkeypatch restores what MLflow exports
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "unused")
+    model = ServedModel(f"sqlite:///{tmp_path}/mlflow.db", device="cpu")
+    asyncio.run(model.reconfigure({"model_uri": str(bundle), "max_batch_size": 8}))
+    yield model
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+@pytest.fixture
+def files(tmp_path):
+    return [p.read_bytes() for p in sample_images(tmp_path / "img", n=3)]
+
+
+def count_load_image(predictor, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    original = predictor.load_image
+
+    def counted(image, name="<image>"):
+        calls.append(name)
+        return original(image, name)
+
+    monkeypatch.setattr(predictor, "load_image", counted)
+    return calls
+
+
+def assert_same(got, expected):
+    for g, e in zip(got, expected, strict=True):
+        for head in HEADS:
+            assert g[head]["prediction"] == e[head]["prediction"]
+            np.testing.assert_allclose(list(g[head]["probabilities"].values()),
+                                       list(e[head]["probabilities"].values()), atol=1e-5)
+
+
+def test_prepare_resizes_once_per_request_and_the_batch_only_stacks(served, files, monkeypatch):
+    predictor = served.loaded().predictor
+    calls = count_load_image(predictor, monkeypatch)
+    prepared = [served.prepare(data, f"f{i}") for i, data in enumerate(files)]
+    assert calls == ["f0", "f1", "f2"]
+    assert all(a.shape == (IMG_SIZE, IMG_SIZE, 3) and a.dtype == np.uint8 for a in prepared)
+    got = run_batch(predictor, prepared, [False, True, False])
+    assert calls == ["f0", "f1", "f2"], "the batch must not decode or resize prepared images again"
+    expected = [predictor.predict([data], tta=tta)[0] for data, tta in zip(files, [False, True, False], strict=True)]
+    assert_same(got, expected)
+
+
+def test_run_batch_resizes_what_is_not_prepared_for_this_model(served, files, monkeypatch):
+    """E.g. images prepared for a version with another input size, swapped out before their batch ran."""
+    predictor = served.loaded().predictor
+    calls = count_load_image(predictor, monkeypatch)
+    other = np.zeros((IMG_SIZE * 2, IMG_SIZE * 2, 3), dtype=np.uint8)
+    got = run_batch(predictor, [other, served.prepare(files[0], "f0")], [False, False])
+    assert len(calls) == 2 and len(got) == 2
+    assert_same(got[:1], predictor.predict([other], tta=False))
+
+
+def test_by_default_a_lone_image_does_not_wait_for_a_batch(served):
+    """Images that queue while a batch runs form the next batch anyway, so the default wait is none."""
+    assert served.settings.batch_wait_timeout_s == 0.0
+    assert (served.batcher.max_batch_size, served.batcher.batch_wait_timeout_s) == (8, 0.0)
+
+
+def test_predict_images_through_the_batcher_matches_the_predictor(served, files):
+    predictor = served.loaded().predictor
+    prepared = [served.prepare(data, f"f{i}") for i, data in enumerate(files)]
+
+    async def concurrent():
+        return await asyncio.gather(served.predict_images(prepared[:2], True), served.predict_images(prepared[2:], True))
+
+    first, second = asyncio.run(concurrent())
+    assert_same([*first, *second], predictor.predict(files, tta=True))
+
+
+def test_prepare_checks_the_pixel_limit_before_decoding(served, files):
+    from prism.serve.errors import RequestError
+    from tests.unit.test_serve_models import bomb_png
+
+    with pytest.raises(RequestError) as info:
+        served.prepare(bomb_png(5000, 5000), "bomb.png", max_pixels=1000)
+    assert (info.value.status, info.value.error) == (413, "image_too_large")
+    with pytest.raises(RequestError) as info:
+        served.prepare(files[0], "small.png", max_pixels=10)
+    assert info.value.status == 413
+
+
+def test_a_batch_does_not_queue_behind_decoding_in_the_default_thread_pool(served, files):
+    """Decoding (``prepare``) uses asyncio's default pool; the model has its own thread, so a pool busy
+    decoding large images does not hold up a batch that is ready to run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prepared = [served.prepare(files[0], "f0")]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        blocker = asyncio.ensure_future(asyncio.to_thread(time.sleep, 3.0))  # the pool's only worker, busy
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        await served.predict_images(prepared, False)
+        elapsed = time.monotonic() - start
+        await blocker
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert elapsed < 2.0, f"the batch waited for the default thread pool ({elapsed:.2f} s)"
