@@ -10,7 +10,8 @@ RUN := $(UV) run --frozen
 
 .PHONY: install demo test test-fast lint bench clean
 
-# Every benchmark, in this order, then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: ~1 min each.
+# Every benchmark, in this order (serving twice: the tiny demo model, where HTTP dominates, and ViT-S/14),
+# then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: about a minute each.
 BENCHES := train_throughput data_throughput serve_throughput model_flops
 
 .tools/bin/uv:
@@ -34,6 +35,7 @@ lint: install
 
 bench: install
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(RUN) python bench/$$b.py $(if $(QUICK),--quick) || exit 1; done
+	$(RUN) python bench/serve_throughput.py --backbone dinov2_vits14 --img-size 112 --requests $(if $(QUICK),48,128)
 	$(RUN) python bench/report.py
 
 clean:

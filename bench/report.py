@@ -84,8 +84,10 @@ def _section(res: dict[str, Any]) -> list[str]:
 
 def render(results: list[dict[str, Any]]) -> str:
     """The generated block (markers included): a summary of targeted rows, then one section per benchmark."""
-    results = sorted(results, key=lambda r: (ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER),
-                                             r["name"]))
+    def rank(res: dict[str, Any]) -> tuple[int, str]:  # variants (serve_throughput_<model>) follow their base
+        return next((i for i, base in enumerate(ORDER) if res["name"].startswith(base)), len(ORDER)), res["name"]
+
+    results = sorted(results, key=rank)
     lines = [BEGIN, "", "## Results", "",
              "Ratio > 1 means Prism is ahead: Prism / reference for rates, reference / Prism for times.", ""]
     targeted = [(res, r) for res in results for r in res["rows"] if r.get("target") is not None]

@@ -39,7 +39,7 @@ REQUEST_TIMEOUT_S = 30.0
 CONFIG = ROOT / "serve_configs" / "circles.yaml"
 
 
-def register_model(root: Path) -> tuple[str, str]:
+def register_model(root: Path, overrides: list[str]) -> tuple[str, str]:
     """Build the circles job's model (random backbone, seeded), save a bundle, register it; → (tracking, model URI)."""
     import mlflow
     import torch
@@ -51,7 +51,7 @@ def register_model(root: Path) -> tuple[str, str]:
     from prism.tracking import configure_tracking, get_or_create_experiment, register_bundle
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    cfg = load_config(ROOT / "jobs" / "circles.yaml")
+    cfg = load_config(ROOT / "jobs" / "circles.yaml", overrides)
     task = build_task(cfg)
     torch.manual_seed(0)
     model = task.build_model()
@@ -173,8 +173,16 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--wait", type=float, default=None,
                         help="batch_wait_timeout_s for the batched deployment (default: ServeSettings' default)")
+    parser.add_argument("--backbone", default=None,
+                        help="serve another registered backbone (random weights), e.g. dinov2_vits14; the result "
+                        "is then written as serve_throughput_<backbone>_<img-size>.json")
+    parser.add_argument("--img-size", type=int, default=None, help="with --backbone: its input size")
+    parser.add_argument("--requests", type=int, default=None, help="requests per level (default 400, quick 100)")
     args = parser.parse_args()
-    n_requests = 100 if args.quick else 400
+    n_requests = args.requests or (100 if args.quick else 400)
+    overrides = [] if args.backbone is None else [f"backbone.name={args.backbone}", "backbone.pretrained=false"]
+    if args.img_size is not None:
+        overrides.append(f"backbone.img_size={args.img_size}")
     work = Path(tempfile.mkdtemp(prefix="prism-bench-serve-"))
     os.chdir(work)
     folder = make_jpegs(64, size=(128, 128))
@@ -187,7 +195,7 @@ def main() -> None:
     from prism.predictor import load_predictor
     from prism.serve import ServeSettings
 
-    tracking_uri, model_uri = register_model(work)
+    tracking_uri, model_uri = register_model(work, overrides)
     wait_s = ServeSettings().batch_wait_timeout_s if args.wait is None else args.wait
 
     replica_cpus = int(serve_config(model_uri, BATCH, wait_s)["applications"][0]["deployments"][0]
@@ -230,11 +238,16 @@ def main() -> None:
     rows.append(Row(f"batched vs unbatched throughput, concurrency {top}", "images/s",
                     serve_runs["batched"][top]["images_per_s"], serve_runs["unbatched"][top]["images_per_s"],
                     f"Serve max_batch_size={BATCH}", "Serve max_batch_size=1", target=2.0))
-    cfg_line = (f"dinov2_tiny (random) @ 112 px, 3 heads, tta off; 128x128 JPEG, one per request; "
+    name = "serve_throughput"
+    if overrides:
+        name = f"serve_throughput_{args.backbone or 'dinov2_tiny'}_{predictor.img_size}"
+    cfg_line = (f"{predictor.cfg.backbone.name} (random) @ {predictor.img_size} px, 3 heads, tta off; 128x128 JPEG, "
+                "one per request; "
                 f"{n_requests} requests per level; batch_wait_timeout_s={wait_s}")
     result = BenchResult(
-        name="serve_throughput",
-        title="Serving: Ray Serve HTTP (batched / unbatched) vs. direct Predictor calls",
+        name=name,
+        title="Serving: Ray Serve HTTP (batched / unbatched) vs. direct Predictor calls"
+        + (f", {predictor.cfg.backbone.name} @ {predictor.img_size} px" if overrides else ""),
         rows=rows, quick=args.quick, setup=cfg_line,
         notes=[
             "direct = the ideal batched server without HTTP: at concurrency c, c JPEG files go to "

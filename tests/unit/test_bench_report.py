@@ -52,9 +52,13 @@ def test_render_lists_every_row_and_the_targets_summary():
         _result("train_throughput", "Training", [Row("1 worker vs plain", "img/s", 90, 100, target=0.95),
                                                   Row("2 vs 1", "img/s", 150, 100)]),
     ]
+    results.append(_result("serve_throughput_dinov2_vits14_112", "Serving ViT-S", [Row("c=1", "img/s", 1, 2)]))
+    results.append(_result("model_flops", "Model", [Row("fwd", "FLOP/s", 1, 2)]))
     text = render(results)
     assert text.startswith(BEGIN) and text.endswith(END)
-    assert text.index("### Training") < text.index("### Serving")  # the fixed order, not file order
+    # the fixed order, not file order; a variant follows its base benchmark
+    order = [text.index(f"### {t}\n") for t in ("Training", "Serving", "Serving ViT-S", "Model")]
+    assert order == sorted(order)
     assert "| 1 worker vs plain | img/s | 90.0 | 100 | 0.9 | ratio ≥ 0.95 ❌ |" in text
     assert "| c=32 batched vs direct | img/s | 80.0 | 100 | 0.8 | ratio ≥ 0.8 ✅ |" in text
     assert "| 2 vs 1 | img/s | 150 | 100 | 1.5 |  |" in text
