@@ -158,3 +158,19 @@ def test_decode_image_names_the_source_on_failure():
     buf = io.BytesIO()
     _photo(40, 30).save(buf, "JPEG")
     assert decode_image(buf.getvalue(), min_side=16).size == (40, 30)  # 40 // 16 = 2, 30 // 16 = 1: no scaling
+
+
+def test_to_model_input_matches_the_textbook_normalisation():
+    """``(x / 255 - mean) / std`` in channels-first float32, whatever the fused arithmetic inside."""
+    import torch
+
+    from prism.tasks._images import to_model_input
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    images = torch.randint(0, 256, (3, 10, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = to_model_input(images, mean, std)
+    ref = (images.permute(0, 3, 1, 2).double() / 255 - torch.tensor(mean).view(1, 3, 1, 1).double()) \
+        / torch.tensor(std).view(1, 3, 1, 1).double()
+    assert out.shape == (3, 3, 10, 12) and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
+    assert images.dtype == torch.uint8 and images.shape == (3, 10, 12, 3)  # the input is not modified
