@@ -25,6 +25,11 @@ from typing import Any
 
 import numpy as np
 
+# The benchmarks start a local Ray whose workers use this interpreter. Under `uv run`, Ray would otherwise
+# package the working folder (a benchmark's temporary folder) and start its workers with `uv run` there,
+# where there is no project, and every worker start would fail.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "bench" / ".cache"
