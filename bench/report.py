@@ -61,10 +61,15 @@ def _machine(m: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _script(name: str) -> str:
+    """The benchmark script of a result (``serve_throughput_dinov2_vits14_112`` → ``serve_throughput``)."""
+    return next((base for base in ORDER if name.startswith(base)), name)
+
+
 def _section(res: dict[str, Any]) -> list[str]:
     run = "quick run" if res.get("quick") else "full run"
     lines = [f"### {res['title']}", "",
-             f"`bench/{res['name']}.py` — {run}, {res.get('date', '')}; machine: {_machine(res.get('machine', {}))}.",
+             f"`bench/{_script(res['name'])}.py` — {run}, {res.get('date', '')}; machine: {_machine(res.get('machine', {}))}.",
              ""]
     if res.get("setup"):
         lines += [f"Setup: {res['setup']}.", ""]
@@ -72,10 +77,13 @@ def _section(res: dict[str, Any]) -> list[str]:
     for r in res["rows"]:
         lines.append(f"| {r['what']} | {r['unit']} | {_num(r['prism'])} | {_num(r['reference'])} | "
                      f"{_num(r['ratio'])} | {_target(r)} |")
-    labels = {(r["prism_label"], r["reference_label"]) for r in res["rows"]}
     lines.append("")
-    for p, ref in sorted(labels):
-        lines.append(f"- *Prism*: {p} — *reference*: {ref}")
+    if len({(r["prism_label"], r["reference_label"]) for r in res["rows"]}) <= 3:
+        for p, ref in dict.fromkeys((r["prism_label"], r["reference_label"]) for r in res["rows"]):
+            lines.append(f"- *Prism*: {p} — *reference*: {ref}")
+    else:  # many rows of a few setups: each side's labels once
+        lines.append("- *Prism*: " + "; ".join(dict.fromkeys(r["prism_label"] for r in res["rows"])))
+        lines.append("- *reference*: " + "; ".join(dict.fromkeys(r["reference_label"] for r in res["rows"])))
     for note in res.get("notes", []):
         lines.append(f"- {note}")
     lines.append("")
