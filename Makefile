@@ -5,6 +5,9 @@
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3.11
+# Under `uv run`, Ray would start every worker of a local Ray with `uv run` inside a copy of the working folder
+# (without .tools/ or .venv/, so with a relative uv it cannot start at all); its workers use this .venv instead.
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
