@@ -1,9 +1,7 @@
 """Train-loop bookkeeping without Ray: stage positions, improvement, precision choice."""
 
 import pytest
-import torch
 
-from prism.train.precision import resolve_amp
 from prism.train.state import TrainState, is_better
 
 
@@ -27,7 +25,3 @@ def test_next_position_moves_to_next_stage_at_end_or_early_stop(tmp_path):
     stop.save(tmp_path / "state.json")
     assert TrainState.load(tmp_path / "state.json") == stop
 
-
-@pytest.mark.parametrize("mode", ["auto", "off", "bf16", "fp16"])
-def test_no_autocast_on_cpu(mode):
-    assert resolve_amp(mode, torch.device("cpu")) is None
