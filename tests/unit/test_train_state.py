@@ -1,4 +1,4 @@
-"""Train-loop bookkeeping without Ray: stage positions, improvement, precision choice."""
+"""Train-loop bookkeeping without Ray: stage positions and improvement."""
 
 import pytest
 
