@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -34,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "bench" / ".cache"
 
-__all__ = ["CACHE", "RESULTS", "ROOT", "BenchResult", "Row", "bench_parser", "machine", "make_jpegs",
-           "median_time", "write_result"]
+__all__ = ["CACHE", "RESULTS", "ROOT", "BenchResult", "Row", "bench_parser", "git_revision", "machine",
+           "make_jpegs", "time_call", "write_result"]
 
 LOWER_IS_BETTER = {"s", "ms", "seconds"}
 
@@ -135,16 +134,11 @@ def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_call(fn: Callable[[], Any]) -> float:
+    """Wall time of one ``fn()`` call in seconds."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def make_jpegs(n: int, size: tuple[int, int] = (500, 375), seed: int = 0, quality: int = 90) -> Path:

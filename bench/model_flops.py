@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import ROOT, BenchResult, Row, bench_parser, median_time, write_result
+from _common import ROOT, BenchResult, Row, bench_parser, time_call, write_result
 from prism.config import load_config
 
 # registered Prism backbone -> the same architecture in plain timm
@@ -94,7 +94,7 @@ def matmul_peak(device: torch.device, sizes: list[int], repeats: int) -> dict[in
         b = torch.randn(n, n, device=device, dtype=dtype)
         run = _timed(lambda a=a, b=b: torch.mm(a, b), device)
         run()
-        seconds = min(median_time(run, 1, warmup=0) for _ in range(repeats))
+        seconds = min(time_call(run) for _ in range(repeats))
         out[n] = 2 * n**3 / seconds
     return out
 
@@ -107,7 +107,7 @@ def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int) -> dic
         fn()
     for _ in range(repeats):
         for k, fn in fns.items():
-            times[k].append(median_time(fn, 1, warmup=0))
+            times[k].append(time_call(fn))
     return times
 
 
@@ -200,7 +200,7 @@ def measure_train_step(cfg: Any, device: torch.device, batch: int, repeats: int)
     flops = count_flops(step)
     run = _timed(step, device)
     run()
-    times = [median_time(run, 1, warmup=0) for _ in range(repeats)]
+    times = [time_call(run) for _ in range(repeats)]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"batch": batch, "gflops_per_image": flops / batch / 1e9, "flops_per_batch": flops,
             "seconds": times, "median_s": statistics.median(times), "best_s": min(times), "trainable_params": trainable, "amp": str(amp)}
