@@ -89,14 +89,14 @@ def _cmd_evaluate(args) -> int:
     from prism.evaluate import evaluate
     from prism.predictor import load_predictor
 
+    if args.labels is None and (args.root is not None or args.on_bad_rows is not None):
+        print("prism: error: --root and --on-bad-rows need --labels (without it the validation split is read "
+              "as training read it, by the model config's data.*)", file=sys.stderr)
+        return 2
     pred = load_predictor(args.model, device=args.device)
-    labels = args.labels
-    if labels is None:
-        from prism.data import resolve_labels_csv
-
-        labels = resolve_labels_csv(pred.cfg)
-    report = evaluate(pred, labels, image_column=pred.cfg.data.image_column, tta=not args.no_tta,
-                      batch_size=args.batch_size, on_bad_rows=args.on_bad_rows)
+    report = evaluate(pred, args.labels, tta=not args.no_tta, batch_size=args.batch_size,
+                      on_bad_rows=args.on_bad_rows, image_root=args.root)
+    print(f"[prism] scored {report.describe()}")
     for k, v in sorted(report.metrics.items()):
         if "/precision/" not in k and "/recall/" not in k:
             print(f"{k:40s} {v:.4f}")
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prism", description="Adapt and serve vision foundation models with LoRA, on Ray.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray Train's / Ray Data's INFO lines on the console (else they "
+                        "go to Ray's log files only)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a job spec on Ray Train, log to MLflow, register the model")
@@ -179,12 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json", "both"], default=None)
     p.set_defaults(fn=_cmd_predict)
 
-    p = sub.add_parser("evaluate", help="metrics + confusion matrices of a model on a labelled table")
+    p = sub.add_parser("evaluate", help="metrics + confusion matrices of a model on a labelled table",
+                       description="Score a model on labelled images. Without --labels: the held-out validation "
+                       "split of the model's training data (its config's data.*, split by data.val_fraction and "
+                       "data.split_seed as training split it), never a training row.")
     model_args(p)
     p.add_argument("--labels", type=Path, default=None,
-                   help="labels CSV (default: the training data of the model's config)")
+                   help="labels CSV, every row scored (default: the validation split of the model's training data)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="with --labels: folder the CSV's relative image paths are under (default: the CSV's folder)")
     p.add_argument("--out", type=Path, default=Path("prism_eval"), help="folder for metrics.json and plots")
-    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
+                   help="with --labels: stop on bad rows (default) or skip them")
     p.set_defaults(fn=_cmd_evaluate)
 
     p = sub.add_parser("data", help="data utilities")
@@ -226,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:  # PRISM_VERBOSE=1 in the environment does the same
+        from prism.console import set_verbose
+
+        set_verbose(True)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from prism._schema import ConfigError

@@ -108,14 +108,35 @@ class AugmentConfig(StrictModel):
     vflip: bool = False
     rot90: bool = Field(default=False, description="Random multiples of 90 degrees.")
     crop_scale: tuple[float, float] = Field(default=(0.8, 1.0), description="Random resized crop area range.")
+    crop_ratio: tuple[float, float] = Field(
+        default=(3 / 4, 4 / 3), description="Random resized crop aspect-ratio range; [1, 1] keeps shapes "
+        "undistorted (needed where a label is a shape's proportions, e.g. circular vs elliptical).",
+    )
     brightness: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> AugmentConfig:
+        for key, (lo, hi) in (("crop_scale", self.crop_scale), ("crop_ratio", self.crop_ratio)):
+            if not 0 < lo <= hi:
+                raise ValueError(f"{key} must be [low, high] with 0 < low <= high, got {[lo, hi]}")
+        if self.crop_scale[1] > 1:
+            raise ValueError(f"crop_scale is a fraction of the image area, at most 1; got {list(self.crop_scale)}")
+        return self
 
 
 class DataConfig(StrictModel):
     """Where images and labels come from and how they are split and fed."""
 
-    root: Path | None = Field(default=None, description="Image folder; None = synthetic data.")
-    labels: Path | None = Field(default=None, description="Labels CSV; default <root>/labels.csv.")
+    root: Path | None = Field(
+        default=None,
+        description="Image folder: relative image paths in the labels CSV are resolved against it (absolute "
+        "ones are used as they are); None = against the CSV's folder. root and labels both None = synthetic data.",
+    )
+    labels: Path | None = Field(
+        default=None,
+        description="Labels CSV, may live outside root; default <root>/labels.csv. Its relative image paths "
+        "are under root when root is set, else under the CSV's own folder.",
+    )
     image_column: str = "image"
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
@@ -127,6 +148,10 @@ class DataConfig(StrictModel):
     batch_size: int = Field(default=32, ge=1, description="Per-worker batch size.")
     shuffle_buffer: int = Field(default=256, ge=0, description="Local shuffle buffer in rows; 0 = off.")
     map_batch_size: int = Field(default=64, ge=1, description="Rows per Ray Data decode task batch.")
+    deterministic: bool = Field(
+        default=True, description="Ray Data keeps the block order (preserve_order), so with train.seed an "
+        "epoch sees the same rows in the same order each run; false trades that for a little throughput.",
+    )
     progress_bars: bool = Field(default=False, description="Ray Data's per-operator progress bars.")
     check_images: bool = Field(
         default=True, description="Decode every image once before training so bad files fail early."
@@ -159,8 +184,15 @@ class TrainConfig(StrictModel):
         description="Ray Train storage for checkpoints: a local folder or a URI (s3://, gs://) all nodes reach.",
     )
     checkpoints_to_keep: int = Field(default=2, ge=1)
+    max_failures: int = Field(
+        default=3, ge=-1, description="Worker-group failures (a lost worker or node) survived by restarting "
+        "from the latest checkpoint; 0 = fail at once, -1 = retry forever.",
+    )
     grad_clip: float | None = Field(default=1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(
+        default=0, description="Seeds model init, the per-epoch shuffle and the augmentation of every row: a "
+        "rerun gives the same curve where Ray allows (1 worker, data.deterministic).",
+    )
 
 
 class TrackingConfig(StrictModel):

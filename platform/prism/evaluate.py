@@ -1,20 +1,48 @@
-"""Evaluate a trained model on a labelled image table, with test-time augmentation."""
+"""Evaluate a trained model on labelled images, with test-time augmentation.
+
+Which rows are scored (:func:`select_rows`):
+
+- a labels CSV given: every row of it; relative image paths under ``image_root``, default the CSV's folder.
+- none given: the **validation split** of the model's own training data (``data.*`` of its config), split
+  as training split it (``data.val_fraction``, ``data.split_seed``, :func:`prism.data.datasets.split_labels`).
+  No training row is ever scored, and the split's fingerprint is the one training registered with the model
+  version (tag ``prism.val_fingerprint``), so a mismatch shows that the data changed since.
+
+Batches are scored by :meth:`Task.validation_step <prism.tasks.multihead.task.MultiHeadTask.validation_step>`,
+the same call (and TTA default) as training's validation.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from prism.data.datasets import resolve_image_root, split_fingerprint, split_labels
 from prism.data.table import read_label_table
 from prism.predictor import Predictor
 from prism.tasks._images import to_model_input
 
-__all__ = ["EvalReport", "evaluate"]
+__all__ = ["EvalReport", "EvalRows", "evaluate", "select_rows"]
+
+
+@dataclass
+class EvalRows:
+    """Rows to score: ``rows`` has ``path`` (absolute) and one int64 ``y_<head>`` per head (-1 = ignored).
+
+    ``scored`` (JSON-able) says which rows these are: ``rows`` (``"validation split"`` or ``"all rows"``),
+    ``labels_csv``, ``image_root``, ``n_images``, ``fingerprint`` (:func:`split_fingerprint` of ``rows``) and,
+    for the validation split, ``val_fraction`` and ``split_seed``.
+    """
+
+    rows: pd.DataFrame
+    skipped: int
+    scored: dict[str, Any]
 
 
 @dataclass
@@ -23,13 +51,27 @@ class EvalReport:
     stats: dict[str, Any]
     n_images: int
     skipped: int
+    scored: dict[str, Any] = field(default_factory=dict)
+    """Which rows were scored: :attr:`EvalRows.scored`."""
+    paths: list[str] = field(default_factory=list)
+    """The scored image files, in scoring order."""
+
+    def describe(self) -> str:
+        """Which rows were scored, one line, e.g. ``validation split: 120 images of …/labels.csv (…)``."""
+        s = self.scored
+        where = f"{s['n_images']} images of {s['labels_csv']}"
+        if s["rows"] == "validation split":
+            return (f"validation split: {where} (data.val_fraction {s['val_fraction']}, data.split_seed "
+                    f"{s['split_seed']}; fingerprint {s['fingerprint'][:12]})")
+        return f"all rows: {where}"
 
     def save(self, out_dir: Path, task) -> list[Path]:
         """``metrics.json`` and the task's figures (PNG) in ``out_dir``."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [out_dir / "metrics.json"]
         written[0].write_text(json.dumps({"n_images": self.n_images, "skipped": self.skipped,
-                                          "metrics": self.metrics, **self.stats}, indent=2))
+                                          "scored": self.scored, "metrics": self.metrics, **self.stats},
+                                         indent=2))
         for rel, fig in task.figures(self.stats).items():
             path = out_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,15 +80,55 @@ class EvalReport:
         return written
 
 
-def evaluate(predictor: Predictor, labels_csv: Path, image_column: str = "image", tta: bool = True,
-             batch_size: int = 32, on_bad_rows: str = "error", progress: bool = True) -> EvalReport:
-    """Metrics of ``predictor`` on ``labels_csv`` (same format as training data)."""
+def select_rows(predictor: Predictor, labels_csv: Path | None = None, image_root: Path | None = None,
+                image_column: str | None = None, on_bad_rows: str | None = None) -> EvalRows:
+    """The rows :func:`evaluate` scores (see the module docstring).
+
+    ``labels_csv=None``: the validation split of the model's training data, read with the config's
+    ``data.on_bad_rows`` and ``data.check_images`` (what training did, so the same rows survive and the
+    split is the same); ``image_root``, ``image_column`` and ``on_bad_rows`` must then be None. Otherwise
+    every row of ``labels_csv``, image paths under ``image_root`` (default the CSV's folder),
+    ``image_column`` default ``data.image_column``, ``on_bad_rows`` default ``error``.
+    """
+    cfg, task = predictor.cfg, predictor.task
+    if labels_csv is None:
+        given = {"image_root": image_root, "image_column": image_column, "on_bad_rows": on_bad_rows}
+        if any(v is not None for v in given.values()):
+            raise ValueError(f"{[k for k, v in given.items() if v is not None]} only apply with labels_csv; the "
+                             "validation split is read as training read it (the model config's data.*)")
+        split = split_labels(cfg, task, use_ray=False)
+        rows, skipped = split.val, len(split.table.skipped)
+        root = resolve_image_root(cfg)
+        scored = {"rows": "validation split", "labels_csv": str(split.labels_csv),
+                  "image_root": None if root is None else str(root), "val_fraction": cfg.data.val_fraction,
+                  "split_seed": cfg.data.split_seed}
+    else:
+        table = read_label_table(Path(labels_csv), image_column or cfg.data.image_column, task.label_columns(),
+                                 task.unknown_labels, on_bad_rows or "error", image_root=image_root)
+        targets = task.encode_labels(table.rows)
+        rows = pd.concat([table.rows[["path"]], pd.DataFrame(targets)], axis=1)
+        skipped = len(table.skipped)
+        scored = {"rows": "all rows", "labels_csv": str(Path(labels_csv).resolve()),
+                  "image_root": None if image_root is None else str(Path(image_root).resolve())}
+    scored.update(n_images=len(rows), fingerprint=split_fingerprint(rows))
+    return EvalRows(rows, skipped, scored)
+
+
+def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column: str | None = None,
+             tta: bool = True, batch_size: int = 32, on_bad_rows: str | None = None, progress: bool = True,
+             image_root: Path | None = None) -> EvalReport:
+    """Metrics of ``predictor`` on the rows :func:`select_rows` picks (same arguments).
+
+    ``labels_csv=None`` scores the held-out validation split of the model's training data. ``tta``: the
+    task's configured views (True, the default of training's validation, ``prism predict`` and Serve) or
+    the raw output (False). Metrics are the task's (``<head>/accuracy``, …, ``loss``), unprefixed.
+    """
     task = predictor.task
-    table = read_label_table(Path(labels_csv), image_column, task.label_columns(), task.unknown_labels,
-                             on_bad_rows)
-    targets = {k: torch.from_numpy(v) for k, v in task.encode_labels(table.rows).items()}
+    selected = select_rows(predictor, labels_csv, image_root, image_column, on_bad_rows)
+    rows = selected.rows
+    targets = {c: torch.tensor(rows[c].to_numpy(np.int64)) for c in rows.columns if c.startswith("y_")}
     acc = task.metrics()
-    paths = list(table.rows["path"])
+    paths = [str(p) for p in rows["path"]]
     steps = range(0, len(paths), batch_size)
     if progress:
         from tqdm import tqdm
@@ -54,8 +136,9 @@ def evaluate(predictor: Predictor, labels_csv: Path, image_column: str = "image"
         steps = tqdm(steps, desc="evaluate", unit="batch")
     for start in steps:
         chunk = paths[start:start + batch_size]
-        arrays = np.stack([predictor.load_image(p, p) for p in chunk])
-        x = torch.from_numpy(arrays)
-        probs = task.infer(predictor.model, to_model_input(x, task.mean, task.std, predictor.device), tta=tta)
-        acc.update(probs, {k: v[start:start + len(chunk)] for k, v in targets.items()})
-    return EvalReport(acc.compute(prefix=""), acc.export(), len(paths), len(table.skipped))
+        x = to_model_input(torch.from_numpy(np.stack([predictor.load_image(p, p) for p in chunk])),
+                           task.mean, task.std, predictor.device)
+        y = {k: v[start:start + len(chunk)].to(predictor.device) for k, v in targets.items()}
+        outputs, loss = task.validation_step(predictor.model, x, y, tta=tta)
+        acc.update(outputs, y, loss)
+    return EvalReport(acc.compute(prefix=""), acc.export(), len(paths), selected.skipped, selected.scored, paths)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from prism.data.images import decode_image, read_bytes, resize_rgb
+from prism.data.images import array_to_uint8, decode_image, read_bytes, resize_rgb
 from prism.tasks._images import to_model_input
 
 __all__ = ["IMAGE_SUFFIXES", "ImageInput", "Predictor", "expand_image_paths", "load_predictor"]
@@ -65,13 +65,18 @@ class Predictor:
         return cls(cfg, task, model, device, source=str(path))
 
     def load_image(self, image: ImageInput, name: str = "<image>") -> np.ndarray:
-        """One input → ``uint8 (S, S, 3)``; undecodable input raises ``ValueError`` naming ``name``."""
+        """One input → ``uint8 (S, S, 3)``; undecodable input raises ``ValueError`` naming ``name``.
+
+        Arrays are ``(H, W, 3|4)`` (RGB or RGBA), converted to uint8 by
+        :func:`~prism.data.images.array_to_uint8`: uint8 as is, floats in ``[0, 1]`` scaled by 255, other
+        integers within 0..255 cast; anything else is a ``ValueError`` naming its dtype and range.
+        """
         if isinstance(image, Image.Image):
             img = image
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[-1] not in (3, 4):
                 raise ValueError(f"{name}: array images must be (H, W, 3|4), got {image.shape}")
-            img = Image.fromarray(image.astype(np.uint8))
+            img = Image.fromarray(np.ascontiguousarray(array_to_uint8(image, name)))
         elif isinstance(image, (bytes, bytearray, memoryview)):
             img = decode_image(bytes(image), name)
         else:

@@ -27,7 +27,8 @@ from PIL import Image
 from prism.serve import ServeSettings, run_local
 from prism.tracking import set_alias
 from tests.conftest import ROOT
-from tests.unit.test_serve_models import MODEL_NAME, bomb_png, registry, sample_images
+from tests.helpers.images import bomb_png, sample_images
+from tests.helpers.mlflow_store import MODEL_NAME, registry
 
 pytestmark = [
     pytest.mark.ray,
@@ -39,7 +40,10 @@ CONFIG = ROOT / "serve_configs" / "circles.yaml"
 HEADS = ("presence", "closure", "circularity")
 MAX_PIXELS = 256 * 256
 MAX_IMAGES = 4
+MAX_BYTES = 512 * 1024
 TIMEOUT = 60
+TOKEN_ENV, TOKEN = "PRISM_RELOAD_TOKEN", "integration-token"  # the replicas get it through runtime_env
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -75,7 +79,8 @@ def predictors(reg):
 
 def settings(reg, **overrides) -> ServeSettings:
     base = {"model_uri": reg.champion, "max_batch_size": 8, "batch_wait_timeout_s": 0.01,
-            "max_image_pixels": MAX_PIXELS, "max_images_per_request": MAX_IMAGES}
+            "max_image_pixels": MAX_PIXELS, "max_images_per_request": MAX_IMAGES, "max_request_bytes": MAX_BYTES,
+            "reload": {"enabled": True, "token_env": TOKEN_ENV}}
     return ServeSettings(**{**base, **overrides})
 
 
@@ -91,6 +96,7 @@ class Server:
         raw = yaml.safe_load(CONFIG.read_text())
         (app,) = raw["applications"]
         app["route_prefix"] = "/circles"
+        app["runtime_env"] = {"env_vars": {TOKEN_ENV: TOKEN}}
         (dep,) = app["deployments"]
         dep["autoscaling_config"].update(min_replicas=1, max_replicas=1)  # one replica: /reload reaches it
         dep["user_config"] = settings(self.reg, **overrides).model_dump(mode="json")
@@ -204,6 +210,11 @@ BAD_INPUT = {
     "bad-base64": (dict(json={"images": ["@@@"]}), 400, "undecodable_image", "not valid base64"),
     "bad-json": (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400, "invalid_request",
                  "JSON body"),
+    "over-byte-limit": (dict(data=b"x" * (MAX_BYTES + 1), headers={"Content-Type": "application/json"}), 413,
+                        "body_too_large", f"{MAX_BYTES + 1} bytes, max_request_bytes={MAX_BYTES}"),
+    "over-byte-limit-chunked": (dict(data=iter([b"x" * 65536] * (MAX_BYTES // 65536 + 1)),
+                                     headers={"Content-Type": "application/json"}), 413, "body_too_large",
+                                f"more than {MAX_BYTES} bytes"),
 }
 
 
@@ -222,6 +233,16 @@ def test_http_errors_use_the_json_error_body(server):
     assert (resp.status_code, resp.json()["error"]) == (405, "method_not_allowed")
     resp = requests.get(f"{server}/nope", timeout=TIMEOUT)
     assert (resp.status_code, resp.json()) == (404, {"error": "not_found", "detail": "Not Found"})
+
+
+def test_reload_needs_the_replicas_token(server):
+    resp = requests.post(f"{server}/reload", timeout=TIMEOUT)
+    assert (resp.status_code, resp.json()["error"], resp.headers["www-authenticate"]) == (401, "missing_token", "Bearer")
+    resp = requests.post(f"{server}/reload", headers={"Authorization": "Bearer not-it"}, timeout=TIMEOUT)
+    assert (resp.status_code, resp.json()["error"]) == (403, "invalid_token")
+    assert TOKEN not in resp.text
+    resp = requests.post(f"{server}/reload", headers=AUTH, timeout=TIMEOUT)
+    assert resp.status_code == 200 and resp.json()["reloaded"] is False, resp.text  # champion did not move
 
 
 # -------------------------------------------------------------------------------------- batching
@@ -283,7 +304,7 @@ def test_promotion_swaps_versions_under_load_without_failures(deployed, images, 
             time.sleep(1.0)
             set_alias(MODEL_NAME, "champion", 2)
             if trigger == "reload":
-                reload = requests.post(f"{server}/reload", timeout=TIMEOUT)
+                reload = requests.post(f"{server}/reload", headers=AUTH, timeout=TIMEOUT)
                 assert reload.status_code == 200, reload.text
                 body = reload.json()
                 assert (body["reloaded"], body["previous"]["version"], body["current"]["version"]) == (True, 1, 2)
@@ -308,7 +329,7 @@ def test_promotion_swaps_versions_under_load_without_failures(deployed, images, 
         if trigger == "reconfigure":
             deployed.deploy()
         else:
-            requests.post(f"{server}/reload", timeout=TIMEOUT)
+            requests.post(f"{server}/reload", headers=AUTH, timeout=TIMEOUT)
     assert requests.get(f"{server}/models", timeout=TIMEOUT).json()["version"] == 1
 
 

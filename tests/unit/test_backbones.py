@@ -48,7 +48,7 @@ EXPECTED = {
 
 @functools.cache
 def _tiny(name: str) -> Backbone:
-    """A shared tiny backbone (eval mode) for tests that do not change its weights."""
+    """A shared tiny backbone (eval mode) for tests that change nothing in it (weights, requires_grad)."""
     return create_backbone(name).eval()
 
 
@@ -85,10 +85,16 @@ def test_unknown_name_lists_registered_names_and_close_matches():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"pretrained": True, "weights": "x.pt"}, {"pretrained": True}, {"seed": "0"}]
+    ("kwargs", "message"),
+    [
+        ({"pretrained": True, "weights": "x.pt"}, "not both"),
+        ({"pretrained": True}, "without published weights; use pretrained=False"),
+        ({"seed": "0"}, "seed must be an int, got '0'"),
+    ],
+    ids=["pretrained-and-weights", "pretrained-test-arch", "str-seed"],
 )
-def test_bad_create_arguments(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_create_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         create_backbone("dinov2_tiny", **kwargs)
 
 
@@ -263,7 +269,7 @@ def _expected_trainable(
     ],
 )
 def test_freeze_specs(name, spec, frozen_blocks, embeddings_frozen):
-    backbone = _tiny(name).freeze("all")
+    backbone = create_backbone(name).freeze("all")  # not the shared _tiny: freeze changes requires_grad
     assert _trainable(backbone) == set()
     assert backbone.freeze(spec) is backbone
     assert _trainable(backbone) == _expected_trainable(name, backbone, frozen_blocks, embeddings_frozen)
@@ -271,9 +277,11 @@ def test_freeze_specs(name, spec, frozen_blocks, embeddings_frozen):
 
 @pytest.mark.parametrize("spec", [-1, 4, [3], [-1], ["0"], "some", True, 1.5])
 def test_bad_freeze_spec_is_a_value_error(spec):
-    backbone = _tiny("dinov2_tiny")
-    with pytest.raises(ValueError):
+    backbone = create_backbone("dinov2_tiny")
+    before = _trainable(backbone)
+    with pytest.raises(ValueError, match=re.escape(repr(spec))):  # the message quotes the bad spec
         backbone.freeze(spec)
+    assert _trainable(backbone) == before  # rejected before any flag changed
 
 
 def test_freeze_leaves_lora_parameters_alone_and_weights_load_refuses_them():

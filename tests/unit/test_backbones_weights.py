@@ -185,3 +185,27 @@ def test_bad_weights_path_is_a_value_error(tmp_path, filename):
     (tmp_path / "weights.npz").write_bytes(b"")
     with pytest.raises(ValueError, match="weights file"):
         create_backbone("dinov2_tiny", weights=tmp_path / filename)
+
+
+class _OpensAFile:
+    """Unpickling this calls ``open(path, "w")``: the file appears only if the pickle's code ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin"])
+def test_pickled_code_in_a_weights_file_is_refused_not_run(tmp_path, monkeypatch, suffix):
+    """weights_only=True is passed explicitly: even TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which flips torch.load
+    calls that leave it unset, does not let a checkpoint run code."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "ran"
+    state = {**create_backbone("dinov2_tiny").model.state_dict(), "payload": _OpensAFile(marker)}
+    path = tmp_path / f"evil{suffix}"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"holds Python objects, not only tensors \(.*open\).*state_dict"):
+        create_backbone("dinov2_tiny", weights=path)
+    assert not marker.exists()

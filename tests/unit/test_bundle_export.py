@@ -8,28 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism.adapters import save_adapted, trainable_names_union
-from prism.bundle import WEIGHTS_FILE, load_bundle, write_bundle_meta
-from prism.config import load_config
-from prism.tasks import build_task
-from tests.conftest import CIRCLES_JOB
-
-PLAN = "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
+from prism.bundle import WEIGHTS_FILE, load_bundle
+from tests.helpers.models import write_circles_bundle
 
 
 @pytest.fixture
 def bundle(tmp_path):
-    cfg = load_config(CIRCLES_JOB, [PLAN, "backbone.img_size=56"])
-    task = build_task(cfg)
-    model = task.build_model()
-    with torch.no_grad():  # make LoRA and heads non-trivial, as after training
-        for n, p in model.named_parameters():
-            if "lora_B" in n or n.startswith("heads."):
-                p.normal_(0, 0.05)
-    names = sorted(trainable_names_union(model, cfg.stages))
-    write_bundle_meta(tmp_path, cfg, task, model)
-    save_adapted(tmp_path / WEIGHTS_FILE, model, names)
-    return tmp_path, model.eval(), names
+    """(folder, model in eval mode, names of the saved parameters) of a circles bundle after "training"."""
+    model, names = write_circles_bundle(tmp_path)
+    return tmp_path, model, names
 
 
 def test_bundle_holds_only_adapted_weights_and_round_trips(bundle):

@@ -207,10 +207,82 @@ def test_start_commands_agree_on_ports(cfg):
 def test_mlflow_server_is_reachable_from_workers(cfg):
     head = " ".join(cfg["head_start_ray_commands"])
     worker = " ".join(cfg["worker_start_ray_commands"])
-    server = re.search(r"mlflow server\b.*?--host 0\.0\.0\.0 --port (\d+)", head)
+    server = re.search(r"mlflow server\b.*?--host (\S+) --port (\d+)", head)
     assert server, "an MLflow tracking server on the head, listening beyond localhost"
-    assert f"MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:{server.group(1)}" in worker
+    host, port = server.groups()
+    assert f"MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:{port}" in worker
     # The head's URI is handed on to other nodes (Tune trial configs, Serve replica args): no loopback.
     head_uri = re.search(r"MLFLOW_TRACKING_URI=([^\s;]+)", head.split("mlflow server")[-1])
-    assert head_uri and head_uri.group(1).endswith(f":{server.group(1)}"), head
+    assert head_uri and head_uri.group(1).endswith(f":{port}"), head
     assert not re.search(r"//(127\.0\.0\.1|localhost)\b", head_uri.group(1)), head_uri.group(1)
+    # ... and the server listens on exactly the address that URI names (the head's private address).
+    assert head_uri.group(1) == f"http://{host}:{port}", (host, head_uri.group(1))
+    definitions = set(re.findall(rf"{re.escape(host.lstrip('$'))}=(\$\(.+?\))\s*(?:&&|;)", head))
+    assert len(definitions) == 1, f"{host} must be computed the same way for MLflow and for Ray: {definitions}"
+
+
+# --- Nothing listens on every interface without a login --------------------------------------------
+
+_SEPARATORS = ";&|()<>"
+# A bind value naming every interface: 0.0.0.0, :: or * alone, as host:port, or bracketed ([::]:5000).
+_ALL_INTERFACES = re.compile(r"(?:^|[\s=\[])(?:0\.0\.0\.0|::|\*)(?:$|[\s\]:])")
+
+
+def _commands(cfg: dict) -> list[str]:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands")
+    return [c for key in keys for c in cfg.get(key) or []]
+
+
+def _binds_all_without_login(tokens: list[str]) -> bool:
+    """Whether one simple command is ``mlflow server|ui`` on every interface without ``--app-name basic-auth``.
+
+    MLflow binds 127.0.0.1 unless told otherwise; ``--host``/``-h`` and the server options strings
+    (``--gunicorn-opts '-b 0.0.0.0:5000'``, ``--uvicorn-opts``) are read.
+    """
+    pairs = list(zip(tokens, tokens[1:], strict=False))
+    if not any(a == "mlflow" and b in ("server", "ui") for a, b in pairs):
+        return False
+    values = [b for a, b in pairs if a in ("--host", "-h") or a.endswith("-opts")]
+    values += [t.split("=", 1)[1] for t in tokens if t.startswith(("--host=", "--gunicorn-opts=", "--uvicorn-opts="))]
+    opened = any(_ALL_INTERFACES.search(v) for v in values)
+    return opened and ("--app-name", "basic-auth") not in pairs and "--app-name=basic-auth" not in tokens
+
+
+def _open_mlflow_servers(commands: list[str]) -> list[str]:
+    """Each simple command (split at ``;``, ``&&``, ``|``, ...) that opens MLflow to every interface."""
+    found = []
+    for command in commands:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=_SEPARATORS)
+        lexer.whitespace_split = True
+        segment: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set(_SEPARATORS):
+                if _binds_all_without_login(segment):
+                    found.append(" ".join(segment))
+                segment = []
+            else:
+                segment.append(token)
+    return found
+
+
+def test_mlflow_is_not_open_on_all_interfaces_without_a_login(cfg):
+    assert _open_mlflow_servers(_commands(cfg)) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "open_"),
+    [
+        ("setsid nohup mlflow server --host 0.0.0.0 --port 5000 > log &", True),
+        ("mlflow server --host=0.0.0.0", True),
+        ("mlflow ui -h :: -p 5000", True),
+        ("mlflow server --gunicorn-opts '-b 0.0.0.0:5000'", True),
+        ("mlflow server --uvicorn-opts '--host 0.0.0.0'", True),
+        ("mkdir -p x && mlflow server --host 0.0.0.0 --app-name basic-auth", False),
+        ("mlflow server --host $HEAD_IP --port 5000", False),
+        ("mlflow server --port 5000", False),  # MLflow's default host is 127.0.0.1
+        ("curl http://0.0.0.0:5000/health; mlflow server --host 127.0.0.1", False),
+    ],
+)
+def test_open_mlflow_check_catches_every_spelling(command, open_):
+    assert bool(_open_mlflow_servers([command])) is open_

@@ -1,5 +1,7 @@
 """Job specs: YAML + dotted overrides, strict validation with messages that name the key."""
 
+import re
+
 import pytest
 
 from prism.config import ConfigError, apply_overrides, dump_config, load_config
@@ -36,9 +38,16 @@ def test_bad_values_fail_naming_the_key(override, expected):
     assert expected in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["novalue", "=3", "stages.9.epochs=1"])
+MALFORMED = {
+    "novalue": "must look like key.path=value",
+    "=3": "has an empty key",
+    "stages.9.epochs=1": "out of range",
+}
+
+
+@pytest.mark.parametrize("override", list(MALFORMED))
 def test_malformed_overrides(override):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=f"override '{re.escape(override)}'.*{MALFORMED[override]}"):
         load_config(CIRCLES_JOB, [override])
 
 

@@ -1,4 +1,4 @@
-"""Cross-worker sums: identity alone, correct under a real (gloo) group, on CUDA when the backend is NCCL."""
+"""Cross-worker sums: identity alone, one SUM all_reduce under gloo, on CUDA when the backend is NCCL."""
 
 from __future__ import annotations
 
@@ -28,11 +28,22 @@ def test_not_distributed_returns_the_tensor_itself():
     assert all_reduce_sum(t) is t
 
 
-def test_sum_under_a_gloo_group_keeps_dtype_and_device(gloo_group):
+def test_sum_under_a_gloo_group_keeps_dtype_and_device(gloo_group, monkeypatch):
+    """With one rank the sum equals the input, so the collective itself is checked: one SUM all_reduce."""
+    calls = []
+    real_all_reduce = dist.all_reduce
+
+    def spy(tensor, op=dist.ReduceOp.SUM, **kwargs):
+        calls.append((tensor.clone(), op))
+        return real_all_reduce(tensor, op=op, **kwargs)
+
+    monkeypatch.setattr(dist, "all_reduce", spy)
     t = torch.tensor([3.0, 4.0], dtype=torch.float64)
     out = all_reduce_sum(t)
     assert out.device == t.device and out.dtype == torch.float64
     assert torch.equal(out, t)  # world size 1: the sum is the tensor
+    [(sent, op)] = calls
+    assert op == dist.ReduceOp.SUM and torch.equal(sent, t) and sent.dtype == torch.float64
 
 
 def test_nccl_collectives_run_on_the_current_cuda_device(monkeypatch):

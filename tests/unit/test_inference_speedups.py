@@ -9,27 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from prism.adapters import has_lora, merge_lora, save_adapted, trainable_names_union
-from prism.bundle import WEIGHTS_FILE, load_bundle, write_bundle_meta
-from prism.config import load_config
-from prism.tasks import build_task
-from tests.conftest import CIRCLES_JOB
-
-PLAN = "stages=[{kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
+from prism.adapters import has_lora, merge_lora
+from prism.bundle import load_bundle
+from tests.helpers.models import write_circles_bundle
 
 
 @pytest.fixture
 def bundle(tmp_path):
     """A bundle of the circles job (tiny backbone, 56 px) whose LoRA and heads are non-trivial."""
-    cfg = load_config(CIRCLES_JOB, [PLAN, "backbone.img_size=56"])
-    task = build_task(cfg)
-    model = task.build_model()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n or n.startswith("heads."):
-                p.normal_(0, 0.05)
-    write_bundle_meta(tmp_path, cfg, task, model)
-    save_adapted(tmp_path / WEIGHTS_FILE, model, sorted(trainable_names_union(model, cfg.stages)))
+    write_circles_bundle(tmp_path)
     return tmp_path
 
 
@@ -82,6 +70,13 @@ def test_infer_on_cuda_uses_autocast(bundle):
     assert all(p.dtype == torch.float32 for p in probs.values())
 
 
+def _zero_lora_b(model: nn.Module) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+
+
 def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
     """Folding LoRA into the weights at load time (what a predictor should run) keeps predictions to 1e-5
     and leaves no peft layer, so no adapted Linear runs its extra low-rank matmuls."""
@@ -89,6 +84,10 @@ def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
     assert has_lora(model)
     x = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     adapted = task.infer(model, x, tta=True)
+    _, _, without = load_bundle(bundle)
+    _zero_lora_b(without)
+    base = task.infer(without, x, tta=True)
+    assert any(not torch.allclose(base[k], adapted[k], atol=1e-4) for k in adapted)  # LoRA changes outputs
     merged_model = merge_lora(model)
     merged = task.infer(merged_model, x, tta=True)
     assert not has_lora(merged_model)
@@ -98,6 +97,16 @@ def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
 
 
 def test_predictor_model_has_lora_merged(bundle):
+    """Predictor.from_bundle merges by default (merge=False keeps the peft layers) and predicts like the
+    adapted model, so the merge drops nothing the adapters learned."""
     from prism.predictor import Predictor
 
-    assert not has_lora(Predictor.from_bundle(bundle, device="cpu").model)
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    assert not has_lora(predictor.model)
+    assert has_lora(Predictor.from_bundle(bundle, device="cpu", merge=False).model)
+    _, task, adapted = load_bundle(bundle)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    expected = task.infer(adapted, x, tta=True)
+    got = predictor.task.infer(predictor.model, x, tta=True)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], atol=1e-5, rtol=0)

@@ -15,7 +15,8 @@ import pytest
 
 from prism.serve.batching import Batcher
 from prism.serve.model import ServedModel, run_batch
-from tests.unit.test_serve_models import IMG_SIZE, fabricate_bundle, sample_images
+from tests.helpers.bundles import IMG_SIZE, fabricate_bundle
+from tests.helpers.images import bomb_png, sample_images
 
 HEADS = ("presence", "closure", "circularity")
 
@@ -293,7 +294,6 @@ def test_predict_images_through_the_batcher_matches_the_predictor(served, files)
 
 def test_prepare_checks_the_pixel_limit_before_decoding(served, files):
     from prism.serve.errors import RequestError
-    from tests.unit.test_serve_models import bomb_png
 
     with pytest.raises(RequestError) as info:
         served.prepare(bomb_png(5000, 5000), "bomb.png", max_pixels=1000)

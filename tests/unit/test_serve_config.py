@@ -6,13 +6,11 @@ import asyncio
 import base64
 import importlib
 import inspect
-import io
 import json
 
 import pytest
 import requests
 import yaml
-from PIL import Image
 from ray.serve.schema import ServeDeploySchema
 from starlette.requests import Request
 
@@ -24,15 +22,9 @@ from prism.serve.images import decode_base64, open_checked
 from prism.serve.payload import read_payload
 from prism.serve.schemas import limit_top_k
 from tests.conftest import ROOT
-from tests.unit.test_serve_models import bomb_png
+from tests.helpers.images import bomb_png, png
 
 CONFIG = ROOT / "serve_configs" / "circles.yaml"
-
-
-def png(size: tuple[int, int] = (20, 10)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -51,6 +43,9 @@ def test_circles_config_is_a_valid_serve_config_with_resolvable_builder():
     assert dep.name == DEPLOYMENT
     settings = ServeSettings.model_validate(dep.user_config)
     assert settings.model_uri == "models:/circles@champion"
+    assert settings.max_request_bytes == 32 * 1024 * 1024
+    if settings.reload.enabled and settings.reload.token_env is None:  # an open POST /reload: loopback only
+        assert schema.http_options.host == "127.0.0.1", "set reload.token_env before listening beyond loopback"
     auto = dep.autoscaling_config
     assert auto["min_replicas"] <= auto["max_replicas"] and auto["target_ongoing_requests"] > 0
     assert dep.max_ongoing_requests >= settings.max_batch_size
@@ -89,6 +84,10 @@ def test_load_serve_config_errors(tmp_path):
         ("model_uri", " ", "model_uri is empty"),
         ("top_k", 0, "greater than or equal to 1"),
         ("max_batch", 8, "Extra inputs are not permitted"),
+        ("max_request_bytes", 0, "greater than or equal to 1"),
+        ("reload", {"token_env": "my token"}, "token_env must name an environment variable"),
+        ("reload", {"token_env": "$PRISM_TOKEN"}, "e.g. PRISM_RELOAD_TOKEN"),
+        ("reload", {"token": "s3cret"}, "Extra inputs are not permitted"),
     ],
 )
 def test_settings_reject_bad_values(field, value, message):

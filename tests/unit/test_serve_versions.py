@@ -10,7 +10,8 @@ from PIL import Image
 
 from prism.serve.model import ServedModel, run_batch
 from prism.tracking import set_alias
-from tests.unit.test_serve_models import MODEL_NAME, registry, sample_images
+from tests.helpers.images import sample_images
+from tests.helpers.mlflow_store import MODEL_NAME, registry
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),

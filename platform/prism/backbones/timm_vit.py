@@ -12,6 +12,8 @@ from functools import partial
 
 import timm
 import torch
+from timm.layers import HybridEmbed, LayerNorm2d
+from timm.models.vision_transformer_hybrid import ConvStem
 
 from prism.backbones._registry import register_backbone
 from prism.backbones.base import Backbone, check_img_size
@@ -20,6 +22,34 @@ _TINY = {"embed_dim": 48, "depth": 3, "num_heads": 2}
 # DINOv2's LayerScale starts at 1e-5, which is right for fine-tuning pretrained weights but makes a
 # random-init model ignore its blocks (and its LoRA adapters). Tiny random variants start it at 1.
 _TINY_DINOV2 = {**_TINY, "init_values": 1.0}
+
+
+def conv_stem_embed(*, stem_channels: tuple[int, ...] = (24, 48), stem_stride: int = 2, **kwargs: object):
+    """timm ``embed_layer``: a small CNN (3x3 convs, channel LayerNorm, GELU; total stride ``stem_stride``) under the
+    patch projection, so the tokens of a patch of p px come from a ``p / stem_stride`` px projection of
+    conv features instead of one linear map of raw pixels.
+
+    Early convolutions make ViTs far more sample-efficient from random init (Xiao et al., "Early
+    Convolutions Help Transformers See Better", 2021): what the tiny random-init variants need to learn
+    shapes from a few hundred images on a CPU. The module is timm's own ``HybridEmbed`` over timm's
+    ``ConvStem`` with a per-pixel LayerNorm (no batch statistics: the same in training and eval, and under
+    DDP); ``kwargs`` are what VisionTransformer passes to its embed layer (``patch_size`` is the
+    total stride p, as for a plain patch embedding).
+    """
+    patch = int(kwargs.pop("patch_size"))
+    if patch % stem_stride:
+        raise ValueError(f"patch_size={patch} is not a multiple of the conv stem's stride {stem_stride}")
+    depth = len(stem_channels)
+    strides = (stem_stride,) + (1,) * (depth - 1)
+    stem = ConvStem(in_chans=int(kwargs.pop("in_chans", 3)), depth=depth, channels=tuple(stem_channels),
+                    stride=strides, norm_layer=LayerNorm2d, act_layer=torch.nn.GELU)
+    kwargs.pop("dynamic_img_pad", None)
+    return HybridEmbed(stem, patch_size=patch // stem_stride, **kwargs)
+
+
+# A tiny DINOv2-architecture ViT whose patch embedding is a conv stem (see conv_stem_embed): blocks, norms,
+# tokens and LoRA sites are those of DINOv2; only the patch embedding differs.
+_TINY_CONV = {**_TINY_DINOV2, "embed_layer": conv_stem_embed}
 
 
 class TimmViTBackbone(Backbone):
@@ -89,8 +119,9 @@ def build_timm_vit(
             f"Hugging Face Hub ({type(exc).__name__}: {exc}). Without network access, put the weights in the "
             "HF cache (HF_HUB_OFFLINE=1) or download the checkpoint elsewhere and pass weights=PATH."
         ) from exc
-    patch_h, patch_w = model.patch_embed.patch_size
-    assert patch_h == patch_w == patch_size, (model.patch_embed.patch_size, patch_size)
+    stride = model.patch_embed.feat_ratio(as_scalar=False) if hasattr(model.patch_embed, "feat_ratio") else \
+        model.patch_embed.patch_size
+    assert tuple(stride) == (patch_size, patch_size), (stride, patch_size)
     return TimmViTBackbone(
         model,
         name=spec.name,
@@ -115,6 +146,8 @@ SPECS = [
     TimmViTSpec(
         "dinov2_tiny_reg", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 56, _TINY_DINOV2, has_hub_weights=False
     ),
+    TimmViTSpec("dinov2_tiny_conv", "vit_small_patch14_dinov2.lvd142m", 14, 112, _TINY_CONV,
+                has_hub_weights=False),
     TimmViTSpec("dino_tiny", "vit_small_patch16_224.dino", 16, 64, _TINY, has_hub_weights=False),
 ]
 

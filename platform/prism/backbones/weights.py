@@ -1,10 +1,12 @@
 """Load a checkpoint file into a built backbone, strictly, whatever format it was saved in.
 
-Files: .safetensors (safetensors) or .pth / .pt / .bin (torch.load with weights_only=True), read with
-timm's `load_state_dict`, which also unwraps {"state_dict": ...} / {"model": ...} and strips DDP
-"module." / torch.compile "_orig_mod." prefixes. Training checkpoints holding {"teacher": ...}
-(DINO, DINOv2) keep the teacher backbone. A leading "backbone." (a task model's state dict) and
-"model." (a `Backbone`'s own state dict) are stripped.
+Files: .safetensors (safetensors) or .pth / .pt / .bin (torch.load with weights_only=True, passed
+explicitly so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off: a pickle holding anything but
+tensors and plain containers is refused with ValueError, never run), read with timm's `load_state_dict`,
+which also unwraps {"state_dict": ...} / {"model": ...} and strips DDP "module." / torch.compile
+"_orig_mod." prefixes. Training checkpoints holding {"teacher": ...} (DINO, DINOv2) keep the teacher
+backbone. A leading "backbone." (a task model's state dict) and "model." (a `Backbone`'s own state dict)
+are stripped.
 
 Formats per family, converted by the libraries' own helpers:
   timm_vit   timm keys; original facebookresearch/dinov2 keys (cls_token + pos_embed with the class
@@ -21,6 +23,7 @@ otherwise ValueError names the missing, unexpected and mis-shaped keys.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from os import PathLike
@@ -39,6 +42,7 @@ from prism.backbones.base import Backbone, is_lora_parameter, state_dict_sha256
 StateDict = dict[str, torch.Tensor]
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
 
 
 def read_checkpoint(path: str | PathLike[str]) -> StateDict:
@@ -52,7 +56,18 @@ def read_checkpoint(path: str | PathLike[str]) -> StateDict:
         raise ValueError(
             f"weights file {str(path)!r} has suffix {path.suffix!r}; use one of {', '.join(WEIGHT_SUFFIXES)}"
         )
-    state = timm_load_state_dict(str(path), use_ema=False)
+    try:
+        state = timm_load_state_dict(str(path), use_ema=False, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as exc:  # timm re-raises torch's refusal as RuntimeError
+        refusal = exc if isinstance(exc, pickle.UnpicklingError) else exc.__cause__
+        if not isinstance(refusal, pickle.UnpicklingError):
+            raise
+        refused = _REFUSED_GLOBAL.search(str(refusal))
+        raise ValueError(
+            f"weights file {str(path)!r} holds Python objects, not only tensors"
+            f"{f' ({refused.group(1)})' if refused else ''}; pickles are loaded with weights_only=True and "
+            "never run. Re-save the tensors alone: torch.save(model.state_dict(), path), or as .safetensors"
+        ) from None
     return unwrap_state_dict(state)
 
 

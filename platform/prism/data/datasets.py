@@ -6,6 +6,7 @@ to the Train workers, which receive ``{"image": uint8 (B, S, S, 3), "y_<head>": 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from prism.data.images import DecodeImages, check_decodable
+from prism.data.images import AUG_SEED_COLUMN, DecodeImages, check_decodable
 from prism.data.table import LabelTable, raise_or_skip, read_label_table
 
 if TYPE_CHECKING:
@@ -25,7 +26,17 @@ if TYPE_CHECKING:
     from prism.config import JobConfig
     from prism.tasks.base import Task
 
-__all__ = ["TrainData", "build_datasets", "resolve_labels_csv", "rows_dataset", "split_table"]
+__all__ = [
+    "Split",
+    "TrainData",
+    "build_datasets",
+    "resolve_image_root",
+    "resolve_labels_csv",
+    "rows_dataset",
+    "split_fingerprint",
+    "split_labels",
+    "split_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +54,36 @@ class TrainData:
     n_val: int
     skipped: pd.DataFrame
     labels_csv: Path
+    val_fingerprint: str | None = None
+    """:func:`split_fingerprint` of the val split: what ``register_bundle(val_fingerprint=...)`` records."""
+
+
+@dataclass
+class Split:
+    """The checked labels table of a job and its train/val split, before any Ray dataset is made.
+
+    ``train`` and ``val`` have a column ``path`` (absolute) and one int64 column ``y_<head>`` per head
+    (``-1`` = ignored), as :meth:`Task.encode_labels <prism.tasks.base.Task.encode_labels>` makes them.
+    """
+
+    labels_csv: Path
+    table: LabelTable
+    train: pd.DataFrame
+    val: pd.DataFrame
+
+    @property
+    def val_fingerprint(self) -> str:
+        return split_fingerprint(self.val)
+
+
+def resolve_image_root(cfg: JobConfig) -> Path | None:
+    """``data.root`` (absolute), the folder relative image paths of the labels CSV are under; None = CSV's."""
+    return None if cfg.data.root is None else Path(cfg.data.root).resolve()
 
 
 def resolve_labels_csv(cfg: JobConfig) -> Path:
-    """The labels CSV of ``cfg.data``; with no ``data.root`` the synthetic generator's output (made once)."""
+    """The labels CSV of ``cfg.data``; with neither ``data.root`` nor ``data.labels`` the synthetic
+    generator's output (made once)."""
     path = cfg.data.labels_path()
     if path is not None:
         return Path(path).resolve()
@@ -71,6 +108,40 @@ def split_table(rows: pd.DataFrame, stratify: np.ndarray, val_fraction: float, s
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
+def split_fingerprint(rows: pd.DataFrame) -> str:
+    """sha256 (hex) of a split: its ``path`` and ``y_<head>`` columns, rows sorted, written as CSV.
+
+    The same labels table, ``data.val_fraction`` and ``data.split_seed`` give the same value on every run;
+    other images, other labels, another split or another set of heads give another. Paths are absolute, so
+    the same files moved elsewhere count as other data; file contents are not hashed.
+    """
+    cols = ["path", *sorted(c for c in rows.columns if c.startswith("y_"))]
+    canonical = rows[cols].sort_values(cols).to_csv(index=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def split_labels(cfg: JobConfig, task: Task, use_ray: bool = True) -> Split:
+    """Read and check the labels of ``cfg.data`` and split them, exactly as training does.
+
+    Image paths resolve as :func:`read_label_table` says (``data.root``, else the CSV's folder). With
+    ``data.check_images`` every image is decoded once (in Ray Data tasks, or here with ``use_ray=False``)
+    so undecodable files stop the job or, with ``on_bad_rows: skip``, are dropped before the split.
+    ``use_ray=False`` is how ``prism evaluate`` recovers the validation split of a model's training data.
+    """
+    d = cfg.data
+    csv = resolve_labels_csv(cfg)
+    table = read_label_table(csv, d.image_column, task.label_columns(), task.unknown_labels, d.on_bad_rows,
+                             image_root=resolve_image_root(cfg))
+    if d.check_images:
+        table = _check_images(table, d.on_bad_rows, str(csv), use_ray)
+    if len(table.rows) < 2:
+        raise ValueError(f"{csv}: fewer than 2 usable rows after dropping {len(table.skipped)} bad ones")
+    targets = task.encode_labels(table.rows)
+    rows = pd.concat([table.rows[["path"]], pd.DataFrame(targets)], axis=1)
+    train, val = split_table(rows, task.stratify_key(table.rows), d.val_fraction, d.split_seed)
+    return Split(csv, table, train, val)
+
+
 def rows_dataset(df: pd.DataFrame, rows_per_block: int, max_blocks: int = MAX_BLOCKS) -> ray.data.Dataset:
     """``df`` as a Ray dataset of blocks of ``rows_per_block`` rows (one ``map_batches`` batch each).
 
@@ -84,16 +155,20 @@ def rows_dataset(df: pd.DataFrame, rows_per_block: int, max_blocks: int = MAX_BL
     import ray.data
 
     step = max(1, rows_per_block, math.ceil(len(df) / max(1, max_blocks)))
-    parts = [df.iloc[i:i + step] for i in range(0, len(df), step)]
+    # a fresh RangeIndex per block: expressions (with_column) build pandas columns that align on the index
+    parts = [df.iloc[i:i + step].reset_index(drop=True) for i in range(0, len(df), step)]
     return ray.data.from_pandas(parts or [df])
 
 
-def _check_images(table: LabelTable, on_bad_rows: str, source: str) -> LabelTable:
-    from prism._ray import ensure_ray
+def _check_images(table: LabelTable, on_bad_rows: str, source: str, use_ray: bool = True) -> LabelTable:
+    if use_ray:
+        from prism._ray import ensure_ray
 
-    ensure_ray()
-    probe = rows_dataset(table.rows[["path"]], 64).map_batches(check_decodable, batch_size=64)
-    bad = probe.to_pandas()
+        ensure_ray()
+        probe = rows_dataset(table.rows[["path"]], 64).map_batches(check_decodable, batch_size=64)
+        bad = probe.to_pandas()
+    else:
+        bad = pd.DataFrame(check_decodable({"path": table.rows["path"].to_numpy()}))
     if bad.empty:
         return table
     return raise_or_skip(table, bad[["path", "reason"]], on_bad_rows, source)
@@ -103,23 +178,25 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     """Validate the labels and images, split, and build the lazy train/val Ray datasets."""
     import ray.data
 
-    d = cfg.data
-    ray.data.DataContext.get_current().enable_progress_bars = d.progress_bars
-    csv = resolve_labels_csv(cfg)
-    table = read_label_table(csv, d.image_column, task.label_columns(), task.unknown_labels, d.on_bad_rows)
-    if d.check_images:
-        table = _check_images(table, d.on_bad_rows, str(csv))
     from prism._ray import ensure_ray
 
+    from ray.data.expressions import random
+
+    d = cfg.data
+    ctx = ray.data.DataContext.get_current()  # each dataset keeps a copy of the context it was built under
+    ctx.enable_progress_bars = d.progress_bars
+    ctx.execution_options.preserve_order = d.deterministic
+    split = split_labels(cfg, task)
+    train_df, val_df = split.train, split.val
     ensure_ray()
-    if len(table.rows) < 2:
-        raise ValueError(f"{csv}: fewer than 2 usable rows after dropping {len(table.skipped)} bad ones")
-    targets = task.encode_labels(table.rows)
-    rows = pd.concat([table.rows[["path"]], pd.DataFrame(targets)], axis=1)
-    train_df, val_df = split_table(rows, task.stratify_key(table.rows), d.val_fraction, d.split_seed)
     a = d.augment
     decode_train = DecodeImages(img_size, train=True, hflip=a.hflip, vflip=a.vflip, rot90=a.rot90,
-                                crop_scale=a.crop_scale, brightness=a.brightness)
-    train = rows_dataset(train_df, d.map_batch_size).map_batches(decode_train, batch_size=d.map_batch_size)
+                                crop_scale=a.crop_scale, crop_ratio=a.crop_ratio, brightness=a.brightness)
+    # a seed per row and epoch: Ray derives it from train.seed, the block's task index and the execution
+    # (epoch) index, so augmentation differs between epochs and repeats between runs
+    train = (rows_dataset(train_df, d.map_batch_size)
+             .with_column(AUG_SEED_COLUMN, random(seed=cfg.train.seed, reseed_after_execution=True))
+             .map_batches(decode_train, batch_size=d.map_batch_size))
     val = rows_dataset(val_df, d.map_batch_size).map_batches(DecodeImages(img_size), batch_size=d.map_batch_size)
-    return TrainData(train, val, len(train_df), len(val_df), table.skipped, csv)
+    return TrainData(train, val, len(train_df), len(val_df), split.table.skipped, split.labels_csv,
+                     split.val_fingerprint)

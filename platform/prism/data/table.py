@@ -1,7 +1,9 @@
 """Labels CSV → validated table of absolute image paths and labels, with every bad row named.
 
-Checks, in order: the CSV exists and has the image column and one column per head; each listed image file
-exists; each label is a known class (empty or ``na`` = missing). With ``on_bad_rows: error`` the first
+Relative image paths are resolved against ``image_root`` (``data.root``) when it is given, else against the
+CSV's folder, so the labels CSV can live apart from the images. Checks, in order: the CSV exists and has the
+image column and one column per head; each listed image file exists (a missing one is reported with the full
+path tried); each label is a known class (empty or ``na`` = missing). With ``on_bad_rows: error`` the first
 problems are reported together (row number as in the CSV, counting the header as line 1, and the file);
 with ``skip`` those rows are dropped and returned as a table of what was dropped and why.
 """
@@ -40,8 +42,9 @@ class LabelTable:
                           pd.concat([self.skipped, extra], ignore_index=True))
 
 
-def raise_or_skip(table: LabelTable, bad: pd.DataFrame, on_bad_rows: str, source: str) -> LabelTable:
-    """``bad`` has ``path`` and ``reason``: raise :class:`BadRowsError` or drop those rows."""
+def raise_or_skip(table: LabelTable, bad: pd.DataFrame, on_bad_rows: str, source: str, hint: str = ""
+                  ) -> LabelTable:
+    """``bad`` has ``path`` and ``reason``: raise :class:`BadRowsError` (``hint`` appended) or drop those rows."""
     if bad.empty:
         return table
     if on_bad_rows == "error":
@@ -49,7 +52,7 @@ def raise_or_skip(table: LabelTable, bad: pd.DataFrame, on_bad_rows: str, source
         listed = [f"  line {r.line}: {r.image}: {r.reason}" for r in merged.head(MAX_LISTED).itertuples()]
         more = f"\n  … and {len(merged) - MAX_LISTED} more" if len(merged) > MAX_LISTED else ""
         raise BadRowsError(
-            f"{len(merged)} bad row(s) in {source}:\n" + "\n".join(listed) + more
+            f"{len(merged)} bad row(s) in {source}:\n" + "\n".join(listed) + more + (f"\n{hint}" if hint else "")
             + "\nFix them, or set data.on_bad_rows=skip to drop such rows (they are counted and logged)."
         )
     out = table.drop(bad)
@@ -58,10 +61,11 @@ def raise_or_skip(table: LabelTable, bad: pd.DataFrame, on_bad_rows: str, source
 
 
 def read_label_table(csv_path: Path, image_column: str, label_columns: list[str], unknown_labels,
-                     on_bad_rows: str = "error") -> LabelTable:
-    """Read and check ``csv_path``; image paths are relative to the CSV's folder unless absolute.
+                     on_bad_rows: str = "error", image_root: Path | None = None) -> LabelTable:
+    """Read and check ``csv_path``; relative image paths are under ``image_root``, default the CSV's folder.
 
     ``unknown_labels(df) -> Series[str]`` is the task's per-row check of label values ('' = fine).
+    ``image_root`` is ``data.root`` when the config sets it; relative roots are taken from the working folder.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -75,7 +79,7 @@ def read_label_table(csv_path: Path, image_column: str, label_columns: list[str]
         )
     if df.empty:
         raise BadRowsError(f"{csv_path} has a header but no rows")
-    root = csv_path.parent
+    root = Path(image_root if image_root is not None else csv_path.parent).resolve()
     df = df[[image_column, *label_columns]].rename(columns={image_column: "image"})
     df.insert(0, "line", df.index + 2)
     df["path"] = [str(p if Path(p).is_absolute() else (root / p).resolve()) for p in df["image"]]
@@ -85,7 +89,12 @@ def read_label_table(csv_path: Path, image_column: str, label_columns: list[str]
     empty = df["image"].str.strip() == ""
     reasons[empty] += "empty image path; "
     exists = pd.Series([Path(p).is_file() for p in df["path"]], index=df.index)
-    reasons[~exists & ~empty] += "file not found; "
+    missing_file = ~exists & ~empty
+    reasons[missing_file] += "file not found: " + df.loc[missing_file, "path"] + "; "
     reasons += unknown_labels(df)
     bad = pd.DataFrame({"path": df["path"], "reason": reasons.str.rstrip("; ")})[reasons != ""]
-    return raise_or_skip(table, bad, on_bad_rows, str(csv_path))
+    hint = ""
+    if missing_file.any():
+        where = "data.root" if image_root is not None else "the CSV's folder; set data.root if the images are elsewhere"
+        hint = f"Relative image paths are resolved against {root} ({where})."
+    return raise_or_skip(table, bad, on_bad_rows, str(csv_path), hint)

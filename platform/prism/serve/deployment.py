@@ -7,25 +7,27 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     GET  /models    the served version: name, version, alias, run_id, metric, …  (ModelInfo)
     GET  /settings  the replica's ServeSettings (user_config): limits, batching, defaults
     POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
+                    (off unless user_config reload.enabled; Authorization: Bearer <token> if reload.token_env)
 
-``POST /predict``: :func:`read_payload` (content type, image count) → in a worker thread, decoding with the
-pixel check and the resize to the model's input (:meth:`ServedModel.prepare`) →
+``POST /predict``: :func:`read_payload` (body size, content type, image count) → in a worker thread,
+decoding with the pixel check and the resize to the model's input (:meth:`ServedModel.prepare`) →
 :meth:`ServedModel.predict_images` (the replica's :class:`~prism.serve.batching.Batcher`) → ``top_k``. Bad
-input is a 4xx ``{"error", "detail"}`` raised before the model is touched. ``POST /reload`` reaches one
-replica; changing the ``user_config`` (``serve deploy``) calls ``reconfigure`` on every replica.
+input is a 4xx ``{"error", "detail"}`` raised before the model is touched; a 5xx names no exception (see
+``errors.py``). ``POST /reload`` reaches one replica; changing the ``user_config`` (``serve deploy``) calls
+``reconfigure`` on every replica.
 
 No ``from __future__ import annotations`` here: Serve re-creates the route functions for its class-based
 views, and FastAPI must still see the real ``Request`` / response annotations.
 """
 
 import asyncio
-import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
-from prism.serve.errors import RequestError, install_error_handlers
+from prism.serve.errors import install_error_handlers, server_error
 from prism.serve.model import ServedModel
 from prism.serve.payload import read_payload
 from prism.serve.schemas import (
@@ -41,8 +43,6 @@ from prism.serve.settings import ServeSettings
 
 __all__ = ["Classifier", "api"]
 
-log = logging.getLogger(__name__)
-
 api = FastAPI(
     title="Prism classifier",
     description="Multi-head image classification with a LoRA-adapted vision foundation model from the MLflow "
@@ -50,6 +50,9 @@ api = FastAPI(
     version="1",
 )
 install_error_handlers(api)
+# Parses `Authorization: Bearer <token>` for POST /reload (and documents it in OpenAPI); the check is
+# ServedModel.authorize_reload, which also answers a missing header.
+_bearer = HTTPBearer(auto_error=False, description="the token in the replicas' env var reload.token_env")
 
 
 def _check_multipart_installed() -> None:
@@ -81,7 +84,7 @@ class Classifier(ServedModel):
         """Classify one or several images; one result per image, in request order."""
         settings = self.settings
         self.loaded()
-        payload = await read_payload(request, settings.max_images_per_request)
+        payload = await read_payload(request, settings.max_images_per_request, settings.max_request_bytes)
         images = await asyncio.to_thread(
             lambda: [self.prepare(data, name, settings.max_image_pixels)
                      for name, data in zip(payload.names, payload.images, strict=True)]
@@ -107,20 +110,25 @@ class Classifier(ServedModel):
         """The settings this replica applies (its ``user_config``): limits, batching, request defaults."""
         return self.settings
 
-    @api.post("/reload", response_model=ReloadResult, responses={502: {"model": ErrorBody}})
-    async def reload_model(self) -> ReloadResult:
+    @api.post("/reload", response_model=ReloadResult,
+              responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 502: {"model": ErrorBody}})
+    async def reload_model(
+        self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> ReloadResult:
         """Re-resolve ``model_uri`` (e.g. after ``champion`` moved) and swap in the new version on this replica.
 
-        The old version answers every request until the new one is fully loaded; if loading fails it
-        keeps serving and the answer is 502 ``reload_failed``.
+        Off unless ``reload.enabled`` (403); with ``reload.token_env`` set, the request must carry
+        ``Authorization: Bearer <token>`` (401 without, 403 with another). The old version answers every
+        request until the new one is fully loaded; if loading fails it keeps serving and the answer is 502
+        ``reload_failed`` (the error is in the replica's log, under the request id).
         """
+        self.authorize_reload(None if credentials is None else credentials.credentials)
         previous = self.loaded().info
         try:
             swapped = await self.reload()
         except Exception as exc:
-            log.exception("reload of %s failed", self.settings.model_uri)
-            raise RequestError(
-                502, "reload_failed",
-                f"{self.settings.model_uri}: {type(exc).__name__}: {exc}; still serving {previous.resolved_uri}",
+            raise server_error(
+                request, exc, 502, "reload_failed",
+                f"reload of {self.settings.model_uri} failed; still serving {previous.resolved_uri}",
             ) from None
         return ReloadResult(reloaded=swapped, previous=previous, current=self.loaded().info)

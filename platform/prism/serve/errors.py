@@ -8,43 +8,80 @@ error                 status  when
 empty_body            400     no body, no files, or ``images: []``
 invalid_request       400     JSON that does not match the request schema, unknown form field
 undecodable_image     400     bytes (or base64) that are no image PIL can read
+missing_token         401     ``POST /reload`` without ``Authorization: Bearer`` where a token is set
+reload_disabled       403     ``POST /reload`` while ``reload.enabled`` is false
+invalid_token         403     ``POST /reload`` with a bearer token that is not the configured one
 unsupported_media     415     a content type other than multipart/form-data or application/json
+body_too_large        413     a request body over ``max_request_bytes`` (Content-Length or bytes read)
 image_too_large       413     width x height over ``max_image_pixels`` (read from the header)
 too_many_images       413     more than ``max_images_per_request`` images
 model_not_loaded      503     the replica has no model yet (or loading it failed)
 reload_failed         502     ``POST /reload`` could not load the model; the old one keeps serving
 not_found, ...        4xx     Starlette's own HTTP errors (unknown route, wrong method), code from the phrase
-internal              500     anything else (a bug: the message says what broke)
+internal              500     anything else (a bug)
 ====================  ======  ==============================================================
+
+5xx answers carry no exception text (it may name files, hosts or credentials of the tracking store): the
+exception is logged on the replica with the request's id, and the body says only what failed and that id,
+also in its ``request_id`` field. The id is the request's ``x-request-id`` header, which Serve's proxy sets
+on every request (and returns as the ``X-Request-ID`` response header), else a new one.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-__all__ = ["RequestError", "install_error_handlers"]
+__all__ = ["REQUEST_ID_HEADER", "RequestError", "install_error_handlers", "request_id", "server_error"]
 
 log = logging.getLogger(__name__)
 
+REQUEST_ID_HEADER = "x-request-id"
+
 
 class RequestError(Exception):
-    """An error answered to the client: ``status`` (4xx/5xx), a short ``error`` code and a ``detail``."""
+    """An error answered to the client: ``status`` (4xx/5xx), a short ``error`` code and a ``detail``.
 
-    def __init__(self, status: int, error: str, detail: str):
+    ``extra`` adds fields to the JSON body (``request_id`` of a 5xx), ``headers`` HTTP headers
+    (``WWW-Authenticate`` of a 401).
+    """
+
+    def __init__(self, status: int, error: str, detail: str, *, extra: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None):
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+        return JSONResponse({"error": self.error, "detail": self.detail, **self.extra}, status_code=self.status,
+                            headers=self.headers or None)
+
+
+def request_id(request: Request) -> str:
+    """The request's ``x-request-id`` (set by Serve's proxy on every request), else a new random id."""
+    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+def server_error(request: Request, exc: BaseException, status: int, error: str, what: str) -> RequestError:
+    """A 5xx for ``exc``: logged here with its traceback and the request id, answered without its text.
+
+    ``what`` is a sentence for the client that names no internals, e.g. ``"reload of
+    models:/circles@champion failed"``.
+    """
+    rid = request_id(request)
+    log.error("%s %s: %s (request id %s)", request.method, request.url.path, what, rid, exc_info=exc)
+    return RequestError(status, error, f"{what}; the server log has the details under request id {rid}",
+                        extra={"request_id": rid})
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -76,9 +113,7 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path)
-    body: dict[str, Any] = {"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}
-    return JSONResponse(body, status_code=500)
+    return server_error(request, exc, 500, "internal", "internal error").response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -6,6 +6,9 @@ Versions: the model is one immutable :class:`Loaded` (predictor + its :class:`Mo
 ``self._loaded``. A reload resolves the URI (an alias may have moved), builds the new predictor completely
 in a worker thread and only then replaces that one reference; a batch reads the reference once when it
 starts, so every image is answered by exactly one version and nothing fails while the version changes.
+``reconfigure`` does everything that can fail first (validate the settings, read the reload token, load
+the model) and then applies settings, batch limits, token and model together, so a bad ``user_config``
+leaves the replica serving what it served, as it was configured.
 
 Batching: the request handler decodes and resizes its images in a worker thread (:meth:`ServedModel.prepare`,
 off the event loop and in parallel with a running forward pass), then :meth:`ServedModel.predict_images`
@@ -18,6 +21,7 @@ behind the decoding of large images), keeping the event loop free for other requ
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,6 +99,7 @@ class ServedModel:
         self._tracking_uri = configure_tracking(tracking_uri)
         self._device = device
         self._settings = ServeSettings()
+        self._reload_token: str | None = None  # the value of settings.reload.token_env, read at reconfigure
         self._loaded: Loaded | None = None
         self._reload_lock = asyncio.Lock()
         self.batcher: Batcher[tuple[np.ndarray, bool], dict[str, Any]] = Batcher(
@@ -107,12 +112,23 @@ class ServedModel:
         return self._settings
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply new settings; loads the model at start, when ``model_uri`` changes, or when its alias moved."""
+        """Validate ``user_config`` (:class:`ServeSettings`), load what it needs, then apply all of it at once.
+
+        The model is (re)loaded at start, when ``model_uri`` changes, or when its alias moved. Validation,
+        the reload token (``reload.token_env``) and that load happen before anything changes; settings,
+        batch limits, token and model are then swapped with no ``await`` in between. Raises
+        (``ValidationError``, ``ValueError``, a load error) with the replica unchanged.
+        """
         settings = ServeSettings.model_validate(user_config)
-        self.batcher.configure(settings.max_batch_size, settings.batch_wait_timeout_s)
-        force = self._loaded is None or settings.model_uri != self._settings.model_uri
-        await self.reload(settings.model_uri, force=force)
-        self._settings = settings
+        token = settings.reload.token()
+        async with self._reload_lock:
+            force = self._loaded is None or settings.model_uri != self._settings.model_uri
+            new = await self._load_unless_current(settings.model_uri, force)
+            if new is not None:
+                self._swap(new)
+            self.batcher.configure(settings.max_batch_size, settings.batch_wait_timeout_s)
+            self._reload_token = token
+            self._settings = settings
 
     def check_health(self) -> None:
         """Serve's health check: unhealthy until a model is loaded."""
@@ -132,19 +148,54 @@ class ServedModel:
         The new predictor is built completely before it replaces the old one in a single assignment.
         Returns whether a new version was swapped in; a failed load raises and leaves the old one serving.
         """
+        async with self._reload_lock:
+            new = await self._load_unless_current(uri or self._settings.model_uri, force)
+            if new is None:
+                return False
+            self._swap(new)
+            return True
+
+    async def _load_unless_current(self, uri: str, force: bool) -> Loaded | None:
+        """The version ``uri`` resolves to, loaded in a worker thread; None if that is the one served (and not
+        ``force``). Changes nothing: the caller swaps it in (holding ``_reload_lock``)."""
         from prism.tracking import describe_model
 
-        uri = uri or self._settings.model_uri
-        async with self._reload_lock:
-            current = self._loaded
-            if not force and current is not None and current.info.version is not None and current.info.uri == uri:
-                desc = await asyncio.to_thread(describe_model, uri)
-                if (desc["name"], desc["version"]) == (current.info.name, current.info.version):
-                    return False
-            new = await asyncio.to_thread(load_version, uri, self._device)
-            self._loaded = new  # the swap: one reference assignment
-            log.info("serving %s (%s)", new.info.resolved_uri, uri)
-            return True
+        current = self._loaded
+        if not force and current is not None and current.info.version is not None and current.info.uri == uri:
+            desc = await asyncio.to_thread(describe_model, uri)
+            if (desc["name"], desc["version"]) == (current.info.name, current.info.version):
+                return None
+        return await asyncio.to_thread(load_version, uri, self._device)
+
+    def _swap(self, new: Loaded) -> None:
+        self._loaded = new  # the swap: one reference assignment
+        log.info("serving %s (%s)", new.info.resolved_uri, new.info.uri)
+
+    def authorize_reload(self, token: str | None) -> None:
+        """Whether ``POST /reload`` may run with this bearer ``token`` (None: no ``Authorization: Bearer``).
+
+        Raises:
+            RequestError: 403 ``reload_disabled`` (``reload.enabled`` false), 401 ``missing_token`` (a token
+                is configured, none sent), 403 ``invalid_token`` (another token sent).
+        """
+        reload = self._settings.reload
+        if not reload.enabled:
+            raise RequestError(
+                403, "reload_disabled",
+                "POST /reload is disabled on this deployment (user_config reload.enabled: false); "
+                "`serve deploy` with a changed user_config re-resolves model_uri on every replica",
+            )
+        expected = self._reload_token
+        if expected is None:
+            return
+        if token is None:
+            raise RequestError(
+                401, "missing_token",
+                f"POST /reload needs the header `Authorization: Bearer <token>`, the token being the value of "
+                f"{reload.token_env} on the replicas", headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise RequestError(403, "invalid_token", f"the bearer token is not the one in {reload.token_env}")
 
     def prepare(self, data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
         """One image file → ``uint8 (S, S, 3)`` at the served model's size (blocking: run it in a worker thread).

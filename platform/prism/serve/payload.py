@@ -1,8 +1,10 @@
 """``POST /predict`` request → named image bytes + options, or a :class:`RequestError`.
 
 Dispatches on the content type (``multipart/form-data`` or ``application/json``, else 415) and enforces
-``max_images_per_request`` before any image is decoded. Parsing is left to Starlette (multipart, through
-``python-multipart``) and pydantic (JSON); this module only maps their failures onto the API's errors.
+``max_request_bytes`` while the body is read (413 from ``Content-Length`` before reading; a chunked body
+is cut off once it passes the limit) and ``max_images_per_request`` before any image is decoded. Parsing
+is left to Starlette (multipart, through ``python-multipart``) and pydantic (JSON); this module only maps
+their failures onto the API's errors.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.types import Message
 
 from prism.serve.errors import RequestError
 from prism.serve.images import decode_base64
 from prism.serve.schemas import PredictJSON, PredictOptions
+from prism.serve.settings import MAX_REQUEST_BYTES
 
-__all__ = ["Payload", "read_payload"]
+__all__ = ["Payload", "limit_body", "read_payload"]
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
@@ -33,6 +37,38 @@ class Payload:
     names: list[str]
     images: list[bytes]
     options: PredictOptions
+
+
+def _too_large(what: str, limit: int) -> RequestError:
+    return RequestError(
+        413, "body_too_large",
+        f"request body of {what} bytes, max_request_bytes={limit}; send fewer or smaller images per request",
+    )
+
+
+def limit_body(request: Request, max_bytes: int) -> Request:
+    """``request`` whose body reads raise 413 ``body_too_large`` past ``max_bytes``.
+
+    A ``Content-Length`` over the limit is refused before any byte is read; otherwise the bytes are
+    counted as they arrive (chunked bodies, or a client that lies about the length), and reading stops
+    at the first chunk that passes the limit.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(declared, max_bytes)
+    received = 0
+    receive = request.receive
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise _too_large(f"more than {max_bytes}", max_bytes)
+        return message
+
+    return Request(request.scope, counted)
 
 
 def _too_many(n: int | str, limit: int) -> RequestError:
@@ -95,13 +131,14 @@ async def _read_json(request: Request, limit: int) -> Payload:
     return Payload(names, images, PredictOptions(tta=req.tta, top_k=req.top_k))
 
 
-async def read_payload(request: Request, max_images: int) -> Payload:
-    """Parse a predict request; at most ``max_images`` images (else 413 ``too_many_images``).
+async def read_payload(request: Request, max_images: int, max_bytes: int = MAX_REQUEST_BYTES) -> Payload:
+    """Parse a predict request: at most ``max_images`` images in at most ``max_bytes`` of body.
 
     Raises:
-        RequestError: 400 (empty or malformed body, unknown field, bad base64), 413 (too many images),
-            415 (any other content type).
+        RequestError: 400 (empty or malformed body, unknown field, bad base64), 413 (body over
+            ``max_bytes``, too many images), 415 (any other content type).
     """
+    request = limit_body(request, max_bytes)
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media == MULTIPART:

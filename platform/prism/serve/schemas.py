@@ -59,6 +59,9 @@ class ErrorBody(BaseModel):
 
     error: str = Field(examples=["image_too_large"])
     detail: str = Field(examples=["bomb.png: 8000x8000 = 64000000 pixels is over max_image_pixels=16777216"])
+    request_id: str | None = Field(
+        None, description="5xx only: the id the replica's log files the error under (also X-Request-ID)"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -125,7 +128,8 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "one result per image, in request order",
           "content": {"application/json": {"example": _PREDICT_EXAMPLE}}},
     400: {"model": ErrorBody, "description": "empty body, undecodable image, invalid request"},
-    413: {"model": ErrorBody, "description": "image over max_image_pixels, or too many images"},
+    413: {"model": ErrorBody,
+          "description": "body over max_request_bytes, image over max_image_pixels, or too many images"},
     415: {"model": ErrorBody, "description": "content type other than multipart/form-data or application/json"},
     503: {"model": ErrorBody, "description": "no model loaded"},
 }

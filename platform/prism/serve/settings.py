@@ -4,7 +4,8 @@ Two objects, because Serve gives them different lifetimes:
 
 - :class:`ServeSettings` is the deployment's ``user_config``. Serve hands it to ``reconfigure`` on every
   replica at start and again whenever it changes (``serve deploy`` with an edited config), without
-  restarting the replica: the model URI, batching, input limits and request defaults live here.
+  restarting the replica: the model URI, batching, input limits, request defaults and who may call
+  ``POST /reload`` (:class:`ReloadSettings`) live here.
 - :class:`AppArgs` are the typed arguments of the app builder (``args:`` under the application in a Serve
   config). They are fixed for the life of the replicas: where the MLflow store is, which device, and the
   initial settings (a ``user_config`` in the Serve config file overrides them, as Serve always does).
@@ -17,21 +18,79 @@ Example (``serve_configs/circles.yaml``)::
         args: {tracking_uri: null}
         deployments:
           - name: Classifier
-            user_config: {model_uri: "models:/circles@champion", max_batch_size: 16}
+            user_config:
+              model_uri: models:/circles@champion
+              max_batch_size: 16
+              reload: {enabled: true, token_env: PRISM_RELOAD_TOKEN}
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from prism._schema import StrictModel
 
-__all__ = ["DEFAULT_MODEL_URI", "AppArgs", "ServeSettings", "resolve_tracking_uri", "settings_dict"]
+__all__ = [
+    "DEFAULT_MODEL_URI",
+    "MAX_REQUEST_BYTES",
+    "AppArgs",
+    "ReloadSettings",
+    "ServeSettings",
+    "resolve_tracking_uri",
+    "settings_dict",
+]
 
 DEFAULT_MODEL_URI = "models:/circles@champion"
+MAX_REQUEST_BYTES = 32 * 2**20  # 32 MiB: 64 images of ~0.5 MB, base64 included
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ReloadSettings(StrictModel):
+    """Who may call ``POST /reload`` (re-resolve ``model_uri`` and swap versions on one replica).
+
+    Off by default: an endpoint that makes replicas load models is opt-in. A changed ``user_config``
+    (``serve deploy``) re-resolves the alias on every replica whatever this says.
+    """
+
+    enabled: bool = Field(
+        False, description="serve POST /reload; false answers 403 reload_disabled"
+    )
+    token_env: str | None = Field(
+        None,
+        description="name of an environment variable of the replicas that holds the token POST /reload must "
+        "send as `Authorization: Bearer <token>` (401 without it, 403 with another); null = no token, "
+        "only for a private HTTP port. Read when the settings are applied: unset or empty refuses them",
+    )
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            raise ValueError(
+                f"token_env must name an environment variable (letters, digits, _), got {v!r}; "
+                "e.g. PRISM_RELOAD_TOKEN. The token itself never goes into the config"
+            )
+        return v
+
+    def token(self) -> str | None:
+        """The token POST /reload requires (read from ``token_env`` now), None when none is configured.
+
+        Raises ``ValueError`` when ``token_env`` is set but the variable is unset or empty in this process.
+        """
+        if not self.enabled or self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env, "")
+        if not value.strip():
+            raise ValueError(
+                f"reload.token_env is {self.token_env!r} but that environment variable is unset or empty on "
+                "the replica; set it in the replicas' environment (runtime_env.env_vars, or the node's "
+                "environment where Ray starts), or set reload.token_env: null"
+            )
+        return value
 
 
 class ServeSettings(StrictModel):
@@ -57,9 +116,18 @@ class ServeSettings(StrictModel):
         "(decompression-bomb guard); larger images get 413",
     )
     max_images_per_request: int = Field(64, ge=1, description="more images in one request get 413")
+    max_request_bytes: int = Field(
+        MAX_REQUEST_BYTES, ge=1,
+        description="largest request body in bytes (multipart or JSON; base64 adds a third); larger gets 413 "
+        "body_too_large, from the Content-Length header before anything is read, or once that many bytes "
+        "of a chunked body have arrived",
+    )
     tta: bool = Field(True, description="test-time augmentation when a request does not say")
     top_k: int | None = Field(
         None, ge=1, description="default limit on the classes listed per head; null lists every class"
+    )
+    reload: ReloadSettings = Field(
+        default_factory=ReloadSettings, description="who may call POST /reload (off by default)"
     )
 
     @field_validator("model_uri")

@@ -11,7 +11,11 @@ __all__ = ["apply_view", "to_model_input"]
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(B, H, W, 3)`` uint8 (or float in 0..255) → ``(B, 3, H, W)`` float32, normalised, on ``device``.
+    """``(B, H, W, 3)`` uint8 → ``(B, 3, H, W)`` float32, normalised, on ``device``.
+
+    Only uint8 is accepted: a float batch could be 0..1 or 0..255, and guessing wrong turns it black or
+    white. Arrays of other dtypes go through :func:`prism.data.images.array_to_uint8` first (the predictor's
+    ``load_image`` does).
 
     The uint8 batch is moved first and converted on the device, so host→device copies stay 4× smaller. The
     channels-first layout is made on the uint8 tensor (a quarter of the bytes to move), and
@@ -20,6 +24,9 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images of shape (B, H, W, 3), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images (0..255), got {images.dtype}; convert arrays with "
+                         "prism.data.images.array_to_uint8 (floats in [0, 1] are scaled by 255)")
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
     m = torch.tensor(mean, dtype=torch.float64)
     s = torch.tensor(std, dtype=torch.float64)

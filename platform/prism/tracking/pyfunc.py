@@ -4,6 +4,10 @@ The logged model stores the bundle directory as the pyfunc artifact ``bundle``; 
 the predictor from it with ``prism.predictor.load_predictor``. ``PrismPyfunc`` holds no state when
 pickled (MLflow cloudpickles the instance; the class is pickled by reference), so the model needs
 ``prism`` importable where it is loaded.
+
+A pyfunc model is what ``mlflow models serve`` and Spark UDFs put behind a request, so its input is the
+image itself (encoded bytes or a pixel array), never a file path or URI: a served model must not read
+files a caller names. Loading reads the bundle only from inside the model's own folder.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
@@ -47,15 +52,66 @@ UV_AUTO_DETECT_ENV = "MLFLOW_UV_AUTO_DETECT"
 # Messages MLflow emits on every log_model call that do not apply here, see _log_model_settings.
 _NOISE = ("Passing a Python object as `python_model`", "Failed to resolve installed pip version")
 
-# "image" holds file paths (str) or encoded image bytes; AnyType lets both through schema checks.
+# "image" holds encoded image bytes or uint8 (H, W, 3|4) arrays; AnyType lets both through schema checks.
 PRISM_SIGNATURE = ModelSignature(inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]))
+
+
+def image_inputs(column: pd.Series) -> list[bytes | np.ndarray]:
+    """The ``image`` column → what the predictor gets: encoded bytes, or ``uint8 (H, W, 3|4)`` arrays.
+
+    ``bytearray`` / ``memoryview`` become ``bytes``. A string or path is refused with ``ValueError``: the
+    model never opens a file or URL named in a request. Anything else (a nested list, a number) is
+    refused too, naming the row.
+    """
+    images: list[bytes | np.ndarray] = []
+    for row, value in zip(column.index, column, strict=True):
+        if isinstance(value, str | os.PathLike):
+            raise ValueError(
+                f"{IMAGE_COLUMN}[{row}] is a path or URI ({str(value)[:80]!r}); the model reads no files named "
+                "in its input. Send the image file's bytes (Path(p).read_bytes()) or a uint8 (H, W, 3) array"
+            )
+        if isinstance(value, bytes | bytearray | memoryview):
+            images.append(bytes(value))
+        elif isinstance(value, np.ndarray):
+            images.append(value)
+        else:
+            raise ValueError(
+                f"{IMAGE_COLUMN}[{row}] is a {type(value).__name__}; expected encoded image bytes (PNG, "
+                "JPEG, ...) or a uint8 (H, W, 3) array"
+            )
+    return images
+
+
+def _bundle_of(context: mlflow.pyfunc.PythonModelContext) -> Path:
+    """The bundle folder MLflow hands over, accepted only as ``artifacts/bundle`` inside its model folder.
+
+    MLflow joins the model folder with the path its ``MLmodel`` names, which may be absolute or climb out
+    with ``..``; :func:`prism.tracking.resolve.find_bundle` re-reads that ``MLmodel`` and refuses both.
+    """
+    from prism.tracking.resolve import find_bundle
+
+    given = Path(context.artifacts[BUNDLE_ARTIFACT])
+    model_dir = given.parent.parent
+    if ".." in given.parts or not (model_dir / "MLmodel").is_file():
+        raise ValueError(
+            f"the {BUNDLE_ARTIFACT!r} artifact is {str(given)!r}, not artifacts/{BUNDLE_ARTIFACT} inside an "
+            "MLflow model folder; the MLmodel file was edited or the model was not logged by register_bundle"
+        )
+    bundle = find_bundle(model_dir)
+    if bundle != given.resolve():
+        raise ValueError(
+            f"the {BUNDLE_ARTIFACT!r} artifact {str(given)!r} is not the bundle {str(bundle)!r} its MLmodel "
+            "names; log the model again with register_bundle"
+        )
+    return bundle
 
 
 class PrismPyfunc(mlflow.pyfunc.PythonModel):
     """``predict(DataFrame["image"]) -> DataFrame`` over the bundle's predictor.
 
-    Input: one row per image, column ``image`` with a file path or raw encoded bytes (PNG/JPEG).
-    Output: ``predictor.to_dataframe(predictor.predict(images))``, one row per input image.
+    Input: one row per image, column ``image`` with the image itself: encoded bytes (PNG, JPEG, ...) or a
+    ``uint8 (H, W, 3|4)`` array (see :func:`image_inputs`; paths and URIs are refused).
+    Output: ``predictor.to_dataframe(predictor.predict(images))``, one row per input image, in order.
     """
 
     predictor: Any = None
@@ -63,7 +119,7 @@ class PrismPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from prism.predictor import load_predictor
 
-        self.predictor = load_predictor(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        self.predictor = load_predictor(_bundle_of(context))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -76,10 +132,10 @@ class PrismPyfunc(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame(model_input)
         if IMAGE_COLUMN not in model_input.columns:
             raise ValueError(
-                f"input needs a column {IMAGE_COLUMN!r} of file paths or image bytes; "
+                f"input needs a column {IMAGE_COLUMN!r} of image bytes or uint8 (H, W, 3) arrays; "
                 f"got columns {list(model_input.columns)}"
             )
-        images = [bytes(x) if isinstance(x, bytearray | memoryview) else x for x in model_input[IMAGE_COLUMN]]
+        images = image_inputs(model_input[IMAGE_COLUMN])
         return self.predictor.to_dataframe(self.predictor.predict(images))
 
 

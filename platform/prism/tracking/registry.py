@@ -2,8 +2,9 @@
 
 A registered version's tags say how it was ranked (``prism.metric`` / ``prism.metric_value`` /
 ``prism.metric_mode``) and which base weights it adapts (``prism.backbone`` /
-``prism.weights_sha256`` from the bundle's ``backbone.json``). ``promote_if_better`` compares
-those tags. Resolving URIs to local bundle directories lives in ``prism.tracking.resolve``
+``prism.weights_sha256`` from the bundle's ``backbone.json``) and which validation rows scored it
+(``prism.val_fingerprint``, :func:`prism.data.datasets.split_fingerprint`). ``promote_if_better`` compares
+those tags, and only between versions scored on the same validation rows. Resolving URIs to local bundle directories lives in ``prism.tracking.resolve``
 (``resolve_model_uri`` and ``describe_model`` are also importable from here).
 """
 
@@ -30,6 +31,7 @@ MODES = ("max", "min")
 METRIC_TAG = "prism.metric"
 METRIC_VALUE_TAG = "prism.metric_value"
 METRIC_MODE_TAG = "prism.metric_mode"
+VAL_FINGERPRINT_TAG = "prism.val_fingerprint"
 # backbone.json field -> version tag
 BACKBONE_TAGS = {"name": "prism.backbone", "weights_sha256": "prism.weights_sha256"}
 
@@ -69,9 +71,13 @@ def get_version_by_alias(name: str, alias: str, client: mlflow.MlflowClient | No
     return client.get_model_version(name, str(aliases[alias]))
 
 
-def version_tags(bundle_dir: Path, metric: str, value: float, mode: str) -> dict[str, str]:
-    """Tags for a new version: ranking metric, and backbone name / weights hash if ``backbone.json`` has them."""
+def version_tags(bundle_dir: Path, metric: str, value: float, mode: str,
+                 val_fingerprint: str | None = None) -> dict[str, str]:
+    """Tags for a new version: ranking metric, the validation split's fingerprint if given, and backbone
+    name / weights hash if ``backbone.json`` has them."""
     tags = {METRIC_TAG: metric, METRIC_VALUE_TAG: repr(float(value)), METRIC_MODE_TAG: mode}
+    if val_fingerprint is not None:
+        tags[VAL_FINGERPRINT_TAG] = val_fingerprint
     backbone_json = Path(bundle_dir) / "backbone.json"
     if backbone_json.is_file():
         info = json.loads(backbone_json.read_text())
@@ -115,9 +121,13 @@ def register_bundle(
     value: float,
     mode: Literal["max", "min"],
     pip_requirements: list[str] | None = None,
+    val_fingerprint: str | None = None,
 ) -> ModelVersion:
     """Log ``bundle_dir`` as pyfunc model ``model`` of run ``run_id`` and register a new version.
 
+    ``val_fingerprint`` identifies the rows ``value`` was measured on (``TrainData.val_fingerprint``, see
+    :func:`prism.data.datasets.split_fingerprint`); it is tagged ``prism.val_fingerprint`` and
+    ``promote_if_better`` compares only versions with equal fingerprints. None = unknown (no tag).
     See ``log_bundle_model`` for the stored layout and ``pip_requirements``. If no run is active,
     ``run_id`` is resumed for the logging and its status restored after; if another run is active
     this is a ``RuntimeError``. Does not move any alias; see ``promote_if_better``.
@@ -131,7 +141,9 @@ def register_bundle(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not model_name:
         raise ValueError("model_name must be a non-empty string, e.g. 'prism-dinov2-vits14'")
-    tags = version_tags(bundle_dir, metric, value, mode)
+    if val_fingerprint is not None and not (isinstance(val_fingerprint, str) and val_fingerprint):
+        raise ValueError(f"val_fingerprint must be a non-empty string or None, got {val_fingerprint!r}")
+    tags = version_tags(bundle_dir, metric, value, mode, val_fingerprint)
     with _attached_run(run_id):
         info = log_bundle_model(bundle_dir, pip_requirements)
     return mlflow.register_model(info.model_uri, model_name, tags=tags)
@@ -162,8 +174,10 @@ def promote_if_better(model_name: str, version: int | str, alias: str = DEFAULT_
 
     Compares the ``prism.metric*`` tags written by ``register_bundle`` using the new version's
     mode (``max``: higher wins, ``min``: lower wins). No holder -> promote; tie, same version, a
-    non-finite new value, or a holder ranked on a different metric -> not moved (warning for the
-    last two: use ``set_alias`` to move it deliberately).
+    non-finite new value, a holder ranked on a different metric, or a holder whose
+    ``prism.val_fingerprint`` differs from the new version's (one of them lacking it counts as
+    different) -> not moved (warning for the last three: use ``set_alias`` to move it deliberately).
+    Two versions that both lack the tag (registered without ``val_fingerprint``) are compared.
     """
     client = mlflow.MlflowClient()
     new = get_version(model_name, version, client)
@@ -190,6 +204,18 @@ def promote_if_better(model_name: str, version: int | str, alias: str = DEFAULT_
                 current.version,
                 alias,
                 metric,
+            )
+            return False
+        new_fp = (new.tags or {}).get(VAL_FINGERPRINT_TAG)
+        held_fp = (current.tags or {}).get(VAL_FINGERPRINT_TAG)
+        if new_fp != held_fp:
+            log.warning(
+                "%s v%s holds %r but was scored on other validation rows than v%s (%s: v%s %s, v%s %s), so "
+                "their %r values are not comparable; not moved. To move it deliberately, e.g. after scoring "
+                "both with `prism evaluate --labels` on the same CSV: set_alias(%r, %r, %s)",
+                model_name, current.version, alias, new.version, VAL_FINGERPRINT_TAG,
+                current.version, (held_fp or "none")[:12], new.version, (new_fp or "none")[:12],
+                metric, model_name, alias, new.version,
             )
             return False
         if math.isfinite(held[1]) and not (value > held[1] if mode == "max" else value < held[1]):

@@ -66,8 +66,34 @@ def registry_version(uri: str) -> ModelVersion | None:
     raise ValueError(f"cannot read {uri!r}: expected {URI_HELP}")
 
 
+def bundle_inside(model_dir: Path, rel: object) -> Path:
+    """``model_dir / rel`` for the bundle path ``rel`` an ``MLmodel`` names; it must stay inside ``model_dir``.
+
+    ``rel`` comes from a file anyone who can write to the registry controls, so an absolute path, ``..``
+    that climbs out, or a symlink that leads out of the model's folder raises ``ValueError``: loading never
+    reads files outside the downloaded model.
+    """
+    if not isinstance(rel, str) or not rel.strip():
+        raise ValueError(
+            f"MLmodel of {str(model_dir)!r} names the bundle artifact as {rel!r}; expected a relative path "
+            f"such as 'artifacts/{BUNDLE_ARTIFACT}'. Log the model again with register_bundle"
+        )
+    root = Path(model_dir).resolve()
+    bundle = (root / rel).resolve()
+    if Path(rel).is_absolute() or not bundle.is_relative_to(root):
+        raise ValueError(
+            f"MLmodel of {str(model_dir)!r} points the bundle at {rel!r}, outside the model's folder; only a "
+            f"path inside it (e.g. 'artifacts/{BUNDLE_ARTIFACT}') is read. The model was not logged by "
+            "register_bundle or has been tampered with: log it again"
+        )
+    return bundle
+
+
 def find_bundle(model_dir: Path) -> Path:
-    """The bundle directory inside ``model_dir`` (itself, or the pyfunc artifact named in MLmodel)."""
+    """The bundle directory inside ``model_dir`` (itself, or the pyfunc artifact named in MLmodel).
+
+    The artifact path read from ``MLmodel`` must stay inside ``model_dir`` (see :func:`bundle_inside`).
+    """
     model_dir = Path(model_dir)
     mlmodel = model_dir / "MLmodel"
     if mlmodel.is_file():
@@ -75,7 +101,7 @@ def find_bundle(model_dir: Path) -> Path:
         rel = ((flavor.get("artifacts") or {}).get(BUNDLE_ARTIFACT) or {}).get(
             "path", f"artifacts/{BUNDLE_ARTIFACT}"
         )
-        bundle = model_dir / rel
+        bundle = bundle_inside(model_dir, rel)
         if bundle.is_dir():
             return bundle
         raise ValueError(

@@ -6,6 +6,7 @@ the working folder is reachable; on a cluster point ``MLFLOW_TRACKING_URI`` at a
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -14,14 +15,21 @@ from ray.train import UserCallback
 
 __all__ = ["MlflowEpochLogger"]
 
+log = logging.getLogger(__name__)
+
 
 class MlflowEpochLogger(UserCallback):
-    """Logs rank 0's metrics of each ``ray.train.report`` into an existing MLflow run, step = epoch."""
+    """Logs rank 0's metrics of each ``ray.train.report`` into an existing MLflow run, step = epoch.
+
+    Each epoch is logged once: after a worker-group restart the loop resumes after the latest checkpoint,
+    and an epoch reported again (its checkpoint lost with the failed group) is not logged a second time.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self._client = None
+        self._logged: set[int] = set()
 
     def _get_client(self):
         if self._client is None:
@@ -37,6 +45,10 @@ class MlflowEpochLogger(UserCallback):
             return
         m = metrics[0]
         step = int(m.get("epoch", 0))
+        if step in self._logged:
+            log.warning("epoch %d was reported again after a restart; MLflow keeps its first report", step)
+            return
+        self._logged.add(step)
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in m.items()
                  if isinstance(v, (int, float)) and math.isfinite(float(v)) and k != "epoch"]

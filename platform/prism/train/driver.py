@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from prism._ray import ensure_ray
 from prism.bundle import BUNDLE_FILES
 from prism.config import JobConfig
+from prism.console import train_logging_config
 from prism.train.callbacks import MlflowEpochLogger
 from prism.train.loop import train_loop_per_worker
 
@@ -62,7 +63,12 @@ def resolve_img_size(cfg: JobConfig) -> JobConfig:
 
 def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = None,
                   run_name: str | None = None, resume_from: str | None = None) -> TorchTrainer:
-    """The TorchTrainer for ``cfg`` (also what a Tune trial runs)."""
+    """The TorchTrainer for ``cfg`` (also what a Tune trial runs).
+
+    A lost worker (or node) costs a restart of the worker group from the latest reported checkpoint,
+    ``train.max_failures`` times: :func:`~prism.train.loop.train_loop_per_worker` resumes from
+    ``ray.train.get_checkpoint()``.
+    """
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
@@ -77,7 +83,9 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                checkpoint_score_attribute=t.metric,
                                                checkpoint_score_order=t.mode),
+            failure_config=FailureConfig(max_failures=t.max_failures),
             callbacks=callbacks or [],
+            logging_config=train_logging_config(),
         ),
     )
 
@@ -168,7 +176,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
                 for name in (*BUNDLE_FILES, "metrics.json"):
                     shutil.copy2(Path(d) / name, bundle / name)
                 mv = register_bundle(bundle, cfg.tracking.model_name, run_id=run_id, metric=cfg.train.metric,
-                                     value=best_value, mode=cfg.train.mode)
+                                     value=best_value, mode=cfg.train.mode, val_fingerprint=data.val_fingerprint)
             outcome.model_version = str(mv.version)
             outcome.promoted = promote_if_better(cfg.tracking.model_name, mv.version, alias=cfg.tracking.alias)
     _print_summary(cfg, outcome, browse_command(uri))

@@ -30,7 +30,7 @@ from prism.train.checkpoint import load_checkpoint, save_checkpoint
 from prism.train.precision import autocast, resolve_amp
 from prism.train.state import TrainState, is_better
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["shuffle_seed", "train_loop_per_worker"]
 
 # Ray Train routes a worker's log records to the driver's console and its log files once each (a plain
 # print() can show up twice when another library wraps stdout).
@@ -42,14 +42,20 @@ def _cosine_factor(epochs: int):
     return lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
 
 
+def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the local shuffle of worker ``rank`` in ``epoch`` (1-based): new each epoch, fixed per run."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**32
+
+
 def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimizer, scaler, cfg: JobConfig,
-                 device: torch.device, amp_dtype) -> dict[str, float]:
+                 device: torch.device, amp_dtype, seed: int) -> dict[str, float]:
     ddp.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # stays on the device: no sync per step
     rows = 0
     start = time.perf_counter()
     buffer = cfg.data.shuffle_buffer or None
-    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, local_shuffle_buffer_size=buffer):
+    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, local_shuffle_buffer_size=buffer,
+                                          local_shuffle_seed=seed if buffer else None):
         x, targets = task.collate(batch, device)
         with autocast(device, amp_dtype):
             outputs = ddp(x)
@@ -73,15 +79,14 @@ def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimi
 
 
 @torch.no_grad()
-def _evaluate(task, model: nn.Module, shard, cfg: JobConfig, device: torch.device, amp_dtype):
+def _evaluate(task, model: nn.Module, shard, cfg: JobConfig):
+    """Validation scores what users get: the task's predictions with Serve's default TTA views."""
     model.eval()
     acc = task.metrics()
     for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size):
-        x, targets = task.collate(batch, device)
-        with autocast(device, amp_dtype):
-            outputs = model(x)
-        loss, _ = task.loss(outputs, targets)
-        acc.update(outputs, targets, float(loss))
+        x, targets = task.collate(batch, device=next(model.parameters()).device)
+        outputs, loss = task.validation_step(model, x, targets, tta=True)
+        acc.update(outputs, targets, loss)
     acc.reduce()
     return acc
 
@@ -141,9 +146,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for e in range(state.epoch_in_stage, stage.epochs):
             t0 = time.perf_counter()
             lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-            train_m = _train_epoch(task, ddp, params, train_shard, optimizer, scaler, cfg, device, amp_dtype)
+            train_m = _train_epoch(task, ddp, params, train_shard, optimizer, scaler, cfg, device, amp_dtype,
+                                   shuffle_seed(cfg.train.seed, state.epoch + 1, rank))
             sched.step()
-            acc = _evaluate(task, model, val_shard, cfg, device, amp_dtype)
+            acc = _evaluate(task, model, val_shard, cfg)
             val_m = acc.compute("val/")
             if cfg.train.metric not in val_m and cfg.train.metric not in train_m:
                 raise ValueError(f"train.metric '{cfg.train.metric}' is not reported; choose one of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,24 +86,55 @@ class MultiHeadTask(Task):
         return MultiHeadMetrics(self.tcfg)
 
     # -- inference ---------------------------------------------------------------------------------
+    def tta_views(self, tta: bool | list[str] = True) -> list[str]:
+        """The views averaged for ``tta``: ``identity`` plus, for True, the configured ``task.tta``
+        (what ``prism predict``, ``prism evaluate``, Serve and training's validation use by default),
+        for False none, or an explicit list."""
+        return ["identity"] + (list(self.tcfg.tta) if tta is True else list(tta or []))
+
+    @torch.no_grad()
+    def log_probs(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = True
+                  ) -> dict[str, torch.Tensor]:
+        """``(B, 3, H, W)`` → ``{head: log of the view-averaged probabilities (B, K)}`` float32.
+
+        The average over the views of :meth:`tta_views` is taken in log space (``logsumexp`` of each
+        view's ``log_softmax`` minus ``log V``), so it stays finite where a probability underflows. These
+        are valid logits: ``softmax`` of them is the averaged probabilities, and the cross-entropy of them
+        is the loss of the averaged prediction. The forward runs in the job's mixed precision
+        (``train.amp``, see :func:`resolve_amp`: bf16 or fp16 on CUDA, fp32 on CPU).
+        """
+        ops = self.tta_views(tta)
+        amp = resolve_amp(self.cfg.train.amp, x.device)
+        views: dict[str, list[torch.Tensor]] = {}
+        for op in ops:
+            with autocast(x.device, amp):
+                logits = model(apply_view(x, op))
+            for k, z in logits.items():
+                views.setdefault(k, []).append(z.float().log_softmax(dim=-1))
+        return {k: torch.stack(v).logsumexp(dim=0) - math.log(len(ops)) for k, v in views.items()}
+
     @torch.no_grad()
     def infer(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = False) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` → ``{head: probabilities (B, K)}`` float32, averaged over the identity and TTA views.
 
         ``tta`` is False (identity only), True (the configured ``task.tta`` views) or an explicit list.
-        The forward runs in the job's mixed precision (``train.amp``, see :func:`resolve_amp`: bf16 or fp16
-        on CUDA, fp32 on CPU), as the validation pass of training does.
         """
-        ops = ["identity"] + (list(self.tcfg.tta) if tta is True else list(tta or []))
-        amp = resolve_amp(self.cfg.train.amp, x.device)
-        acc: dict[str, torch.Tensor] = {}
-        for op in ops:
-            with autocast(x.device, amp):
-                logits = model(apply_view(x, op))
-            for k, z in logits.items():
-                p = z.float().softmax(dim=-1)
-                acc[k] = p if k not in acc else acc[k] + p
-        return {k: v / len(ops) for k, v in acc.items()}
+        return {k: v.exp() for k, v in self.log_probs(model, x, tta).items()}
+
+    @torch.no_grad()
+    def validation_step(self, model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor],
+                        tta: bool | list[str] = True) -> tuple[dict[str, torch.Tensor], float]:
+        """One scored batch: ``({head: probabilities (B, K)}, loss)``, what :meth:`metrics` accumulates.
+
+        ``x`` is ``(B, 3, H, W)`` and ``targets`` ``{"y_<head>": int64 (B,)}`` from :meth:`collate`. The
+        probabilities are :meth:`infer`'s with ``tta`` (default True: the configured ``task.tta`` views,
+        as ``prism evaluate``, ``prism predict`` and Serve default to), and the loss is the training loss
+        of those averaged probabilities, so ``val/*`` metrics score what is served. With ``tta=False`` both
+        are those of the raw model output.
+        """
+        log_p = self.log_probs(model, x, tta)
+        loss, _ = self.loss(log_p, targets)
+        return {k: v.exp() for k, v in log_p.items()}, float(loss)
 
     def postprocess(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         """``{head: probabilities (B, K)}`` → per image ``{head: {"prediction", "probabilities"}}``.

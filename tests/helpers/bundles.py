@@ -1,0 +1,61 @@
+"""Model bundles for tests, without training: fake folders for the registry, real tiny ones for inference.
+
+- :func:`make_bundle`: the four bundle files with placeholder contents. Enough for logging, registering
+  and resolving (nothing loads the weights); ``tag`` is written into ``weights_sha256`` so versions can be
+  told apart after a round trip (:func:`sha_of`).
+- :func:`fabricate_bundle`: a loadable bundle of ``jobs/circles.yaml`` on ``dinov2_tiny`` at 56 px whose
+  LoRA B and head weights are drawn from ``seed`` (two seeds give visibly different predictions).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.conftest import CIRCLES_JOB
+
+__all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "fabricate_bundle", "make_bundle", "sha_of"]
+
+BUNDLE_FILES = {"backbone.json", "config.yaml", "labels.json", "weights.safetensors"}
+IMG_SIZE = 56
+PLAN = "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
+
+
+def make_bundle(root: Path, tag: str) -> Path:
+    """A fake bundle ``root/bundle-<tag>``: the bundle files, placeholder contents, ``weights_sha256 = sha-<tag>``."""
+    bundle = root / f"bundle-{tag}"
+    bundle.mkdir(parents=True)
+    (bundle / "backbone.json").write_text(
+        json.dumps({"name": "dinov2_tiny", "weights_sha256": f"sha-{tag}", "embed_dim": 48})
+    )
+    (bundle / "config.yaml").write_text("task: classify\n")
+    (bundle / "labels.json").write_text(json.dumps(["cat", "dog"]))
+    (bundle / "weights.safetensors").write_bytes(b"\x00" * 64)
+    return bundle
+
+
+def sha_of(bundle: Path) -> str:
+    """The ``weights_sha256`` a bundle's ``backbone.json`` records."""
+    return json.loads((Path(bundle) / "backbone.json").read_text())["weights_sha256"]
+
+
+def fabricate_bundle(path: Path, seed: int) -> Path:
+    """A loadable bundle in ``path``: the circles job on ``dinov2_tiny`` at 56 px, LoRA B and heads from ``seed``."""
+    from prism.adapters import save_adapted, trainable_names_union
+    from prism.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.config import load_config
+    from prism.tasks import build_task
+
+    cfg = load_config(CIRCLES_JOB, [PLAN, f"backbone.img_size={IMG_SIZE}"])
+    task = build_task(cfg)
+    model = task.build_model()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or name.startswith("heads."):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    write_bundle_meta(path, cfg, task, model)
+    save_adapted(path / WEIGHTS_FILE, model, sorted(trainable_names_union(model, cfg.stages)))
+    return path

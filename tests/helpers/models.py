@@ -1,0 +1,130 @@
+"""Tiny models and bundles shared by the adapter, inference and bundle tests.
+
+Everything here builds on the registered tiny backbones (3 blocks, width 48, random init): CPU-only, no
+network, a fraction of a second each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prism.adapters import add_lora, save_adapted, trainable_names_union
+from prism.backbones import create_backbone
+from prism.bundle import WEIGHTS_FILE, write_bundle_meta
+from prism.config import load_config
+from prism.tasks import build_task
+from tests.conftest import CIRCLES_JOB
+
+TIMM = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny"]
+ALL = [*TIMM, "clip_tiny"]
+FAMILIES = ["dinov2_tiny", "clip_tiny"]  # one per family, for the slower tests
+
+# Expected LoRA parameter suffixes inside a block, written out independently of prism.adapters.targets.
+LORA_SUFFIXES = {
+    ("timm_vit", "attn"): ["attn.qkv", "attn.proj"],
+    ("timm_vit", "mlp"): ["mlp.fc1", "mlp.fc2"],
+    ("open_clip", "attn"): ["attn"],  # LoRA on attn.in_proj_weight (peft ParamWrapper around attn)
+    ("open_clip", "mlp"): ["mlp.c_fc", "mlp.c_proj"],
+}
+
+
+class TinyClassifier(nn.Module):
+    """Backbone + a linear head on the class token: (B, 3, S, S) -> (B, 3)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.Linear(backbone.embed_dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.backbone(x)["cls"])
+
+
+@dataclass
+class Stage:
+    """The fields of a training stage that `prism.adapters.apply_stage` reads."""
+
+    kind: str
+    lr: dict[str, float] = field(default_factory=dict)
+    blocks: object = "all"
+    weight_decay: float = 0.0
+    name: str | None = None
+
+
+LRS = {"head": 1e-2, "lora": 1e-3, "backbone": 1e-4}
+PLAN = [
+    Stage("probe", {"head": 1e-2}),
+    Stage("lora", {"head": 1e-2, "lora": 1e-3}),
+    Stage("unfreeze", LRS, blocks=1),
+]
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """create_backbone, with DINOv2's LayerScale (init 1e-5) set to 1 so that the blocks visibly matter."""
+    backbone = create_backbone(name, **kwargs)
+    with torch.no_grad():
+        for n, p in backbone.named_parameters():
+            if n.endswith((".ls1.gamma", ".ls2.gamma")):
+                p.fill_(1.0)
+    return backbone
+
+
+def make(name: str, lora: bool = True, **lora_kwargs) -> TinyClassifier:
+    """A `TinyClassifier` on `create(name)`, with LoRA (rank 4, alpha 8 unless given) when `lora`."""
+    backbone = create(name)
+    if lora:
+        add_lora(backbone, **{"rank": 4, "alpha": 8, **lora_kwargs})
+    return TinyClassifier(backbone)
+
+
+def images(model: TinyClassifier, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """(n, 3, S, S) standard-normal inputs at the backbone's img_size, reproducible by `seed`."""
+    size = model.backbone.img_size
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def randomize_lora_b(module: nn.Module, seed: int = 1) -> None:
+    """LoRA B starts at zero, which would make many checks trivially pass: give it random values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+
+
+def trainable(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------------------- bundles
+TWO_STAGE_PLAN = (
+    "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
+)
+BUNDLE_IMG_SIZE = 56
+
+
+def write_circles_bundle(folder: Path, plan: str = TWO_STAGE_PLAN) -> tuple[nn.Module, list[str]]:
+    """Write a bundle of the circles job (tiny backbone, 56 px) into `folder`, as training would.
+
+    LoRA B and the heads are drawn from N(0, 0.05) so that the adapters change predictions. Returns the
+    model in eval mode and the sorted names of the parameters saved in the weights file.
+    """
+    cfg = load_config(CIRCLES_JOB, [plan, f"backbone.img_size={BUNDLE_IMG_SIZE}"])
+    task = build_task(cfg)
+    model = task.build_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or n.startswith("heads."):
+                p.normal_(0, 0.05)
+    names = sorted(trainable_names_union(model, cfg.stages))
+    write_bundle_meta(folder, cfg, task, model)
+    save_adapted(folder / WEIGHTS_FILE, model, names)
+    return model.eval(), names
