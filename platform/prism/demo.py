@@ -11,7 +11,9 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["DEMO_OVERRIDES", "run_demo"]
+import numpy as np
+
+__all__ = ["DEMO_OVERRIDES", "held_out_report", "run_demo"]
 
 DEMO_JOB = Path("jobs/circles.yaml")
 SERVE_CONFIG = Path("serve_configs/circles.yaml")
@@ -19,14 +21,34 @@ SERVE_CONFIG = Path("serve_configs/circles.yaml")
 DEMO_OVERRIDES = ["train.num_workers=2", "train.cpus_per_worker=0.5"]
 
 
+def held_out_report(cfg, val, results: list[dict]) -> list[str]:
+    """One line per head: accuracy of ``results`` on the rows of ``val`` where the head is defined, vs chance.
+
+    ``val`` is a split frame (``path`` + ``y_<head>`` class indices, -1 where undefined); chance is the
+    accuracy of always answering the head's most frequent class among those rows.
+    """
+    lines = []
+    for h in cfg.task.heads:
+        y = val[f"y_{h.name}"].to_numpy()
+        defined = y >= 0
+        if not defined.any():
+            continue
+        predicted = [h.classes.index(r[h.name]["prediction"]) if r[h.name]["prediction"] in h.classes else -1
+                     for r in results]
+        acc = float((np.asarray(predicted)[defined] == y[defined]).mean())
+        chance = float(np.bincount(y[defined]).max() / defined.sum())
+        lines.append(f"  {h.name:12s} accuracy {acc:.3f} on {int(defined.sum())} images  "
+                     f"(chance, always the commonest class: {chance:.3f})")
+    return lines
+
+
 def run_demo(workdir: Path = Path("."), overrides: list[str] | None = None, serve_port: int = 8000) -> None:
     """Run the demo in ``workdir`` (which must hold ``jobs/circles.yaml`` and ``serve_configs/``)."""
-    import pandas as pd
     from ray import serve
 
     from prism.client import classify_circles
     from prism.config import load_config
-    from prism.data import resolve_labels_csv, split_table
+    from prism.data import split_labels
     from prism.serve import run_local
     from prism.tasks import build_task
     from prism.tracking import browse_command, configure_tracking
@@ -46,16 +68,15 @@ def run_demo(workdir: Path = Path("."), overrides: list[str] | None = None, serv
     print(f"[prism] demo 2/3 — serving {uri} on Ray Serve", flush=True)
     url = run_local(SERVE_CONFIG, model_uri=uri, port=serve_port, blocking=False)
     try:
-        csv = resolve_labels_csv(cfg)
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        _, val = split_table(table, build_task(cfg).stratify_key(table), cfg.data.val_fraction, cfg.data.split_seed)
-        sample = val.head(4)
-        paths = [str(csv.parent / p) for p in sample["image"]]
-        results = classify_circles(paths, output_format="json", endpoint=url, silent=True)
-        print(f"[prism] demo 3/3 — POST {url}/predict with 4 validation images (truth in brackets):")
-        for r, truth in zip(results, sample["presence"], strict=True):
+        val = split_labels(cfg, build_task(cfg), use_ray=False).val  # the rows training held out
+        results = classify_circles(list(val["path"]), output_format="json", endpoint=url, silent=True)
+        print(f"[prism] demo 3/3 — POST {url}/predict with the {len(val)} held-out images:")
+        for line in held_out_report(cfg, val, results):
+            print(line)
+        for r, (_, row) in zip(results[:4], val.head(4).iterrows(), strict=False):
             short = {h: r[h]["prediction"] for h in ("presence", "closure", "circularity")}
-            print(f"  {Path(r['image']).name}: {json.dumps(short)}  [{truth}]")
+            print(f"  {Path(r['image']).name}: {json.dumps(short)}  [truth: presence "
+                  f"{cfg.task.heads[0].classes[int(row['y_presence'])]}]")
     finally:
         serve.shutdown()
     print(f"[prism] demo done: best {outcome.metric} {outcome.best_metric:.3f}; "

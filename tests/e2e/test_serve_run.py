@@ -123,13 +123,15 @@ def served(project) -> Iterator[ServeRun]:
             if proc.poll() is not None:
                 pytest.fail(f"`serve run` exited with {proc.returncode} before serving\n{run.tail()}")
             try:
-                if requests.get(f"{run.url}/healthz", timeout=5).status_code == 200:
+                if requests.get(f"{run.url}/healthz", timeout=2).status_code == 200:
                     break
             except requests.RequestException:  # not listening yet, or the proxy waits for the app
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"/healthz not 200 within {READY_S} s\n{run.tail()}")
             time.sleep(0.5)
+        # what the shutdown check below looks for: without these, its "nothing left" would prove nothing
+        assert {"gcs_server", "raylet"} <= {p.name() for p in run.ray_processes()}, run.tail()
         yield run
     finally:
         left = _stop(run)

@@ -19,7 +19,8 @@ from tests.conftest import CIRCLES_JOB
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-PRESENCE_THRESHOLD = 0.6  # chance is 1/3; measured ~0.7 with this plan
+# Held-out accuracy each head must reach at its best epoch (chance: 1/3, 1/2, 1/2). TODO: measured values
+THRESHOLDS = {"presence": 0.6, "closure": 0.6, "circularity": 0.6}
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +32,16 @@ def trained(ray_local, workdir):
     return cfg, outcome
 
 
-def test_loss_falls_and_presence_beats_chance(trained):
+def test_loss_falls_and_every_head_beats_chance(trained):
     cfg, o = trained
     losses = [h["train/loss"] for h in o.history]
     assert min(losses[-3:]) < losses[0] - 0.1, losses
-    best = max(h["val/presence/accuracy"] for h in o.history)
-    assert best >= PRESENCE_THRESHOLD, f"held-out presence accuracy {best:.3f} < {PRESENCE_THRESHOLD}"
+    best = next(h for h in o.history if h[cfg.train.metric] == o.best_metric)
+    reached = {head: best[f"val/{head}/accuracy"] for head in THRESHOLDS}
+    assert all(reached[h] >= THRESHOLDS[h] for h in THRESHOLDS), f"held-out accuracy {reached} < {THRESHOLDS}"
     # stages ran in order, epochs numbered over the whole plan
     assert [int(h["epoch"]) for h in o.history] == list(range(1, len(o.history) + 1))
-    assert sorted({int(h["stage_index"]) for h in o.history}) == [0, 1, 2]
+    assert sorted({int(h["stage_index"]) for h in o.history}) == list(range(len(cfg.stages)))
 
 
 def test_best_checkpoint_is_kept_by_the_configured_metric(trained):
@@ -74,7 +76,7 @@ def test_registered_version_holds_adapted_weights_only(trained):
     from prism.tracking import resolve_model_uri
 
     cfg, o = trained
-    assert o.model_version == "1" and o.promoted
+    assert o.promoted
     bundle = resolve_model_uri("models:/circles@champion")
     files = {p.name for p in bundle.iterdir()}
     assert {"weights.safetensors", "config.yaml", "labels.json", "backbone.json"} <= files
@@ -86,20 +88,20 @@ def test_registered_version_holds_adapted_weights_only(trained):
 
 def test_predictor_from_registry_agrees_with_labels(trained, workdir):
     """Independent check: predictions from models:/circles@champion scored with sklearn on held-out rows."""
-    from prism.data import resolve_labels_csv, split_table
+    from prism.data import split_labels
     from prism.predictor import load_predictor
     from prism.tasks import build_task
 
     cfg, o = trained
     pred = load_predictor("models:/circles@champion")
-    csv = resolve_labels_csv(cfg)
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    task = build_task(cfg)
-    _, val = split_table(df, task.stratify_key(df), cfg.data.val_fraction, cfg.data.split_seed)
-    results = pred.predict([str(csv.parent / p) for p in val["image"]], tta=True)
-    predicted = [r["presence"]["prediction"] for r in results]
-    acc = accuracy_score(val["presence"], predicted)
-    assert acc >= PRESENCE_THRESHOLD - 0.05, acc
+    val = split_labels(cfg, build_task(cfg), use_ray=False).val
+    results = pred.predict(list(val["path"]), tta=True)
+    presence = cfg.task.heads[0].classes
+    acc = accuracy_score([presence[i] for i in val["y_presence"]], [r["presence"]["prediction"] for r in results])
+    assert acc >= THRESHOLDS["presence"], acc
+    # the registered model is the best checkpoint: its held-out presence accuracy is the one training logged
+    best = next(h for h in o.history if h[cfg.train.metric] == o.best_metric)
+    assert acc == pytest.approx(best["val/presence/accuracy"], abs=1.01 / len(val))  # a near-tie may flip
     # conditional heads answer "na" exactly where presence is predicted as no_circle
     for r in results:
         assert (r["closure"]["prediction"] == "na") == (r["presence"]["prediction"] == "no_circle")
@@ -109,32 +111,56 @@ def test_worse_model_does_not_take_champion(trained, workdir):
     from prism.train.driver import run_training
 
     cfg, o = trained
+    client = mlflow.MlflowClient()
+    before = max(int(v.version) for v in client.search_model_versions("name='circles'"))
     worse = load_config(CIRCLES_JOB, [
         "tracking.experiment=learns", "train.storage_path=" + str(workdir / "runs"),
-        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]", "data.synthetic.n=120", "backbone.img_size=56",
+        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]",
     ])
-    o2 = run_training(worse)
-    assert o2.model_version == "2" and not o2.promoted
-    mv = mlflow.MlflowClient().get_model_version_by_alias("circles", "champion")
-    assert str(mv.version) == "1"
+    o2 = run_training(worse)  # the same data and split as the champion: comparable, and worse
+    assert int(o2.model_version) == before + 1 and not o2.promoted
+    mv = client.get_model_version_by_alias("circles", "champion")
+    assert str(mv.version) == o.model_version
 
 
-def test_resume_continues_after_the_checkpoint(ray_local, workdir):
+SHORT = [
+    "tracking.experiment=resume", "tracking.model_name=null", "data.synthetic.n=120", "backbone.img_size=56",
+    "train.checkpoints_to_keep=5",
+    "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]",
+]
+
+
+@pytest.fixture(scope="module")
+def short_run(ray_local, workdir):
     from prism.train.driver import run_training
 
-    short = [
-        "tracking.experiment=resume", "train.storage_path=" + str(workdir / "runs"), "tracking.model_name=null",
-        "data.synthetic.n=120", "backbone.img_size=56", "train.checkpoints_to_keep=5",
-        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]",
-    ]
-    first = run_training(load_config(CIRCLES_JOB, short))
+    return run_training(load_config(CIRCLES_JOB, [*SHORT, "train.storage_path=" + str(workdir / "runs")]))
+
+
+def test_resume_continues_after_the_checkpoint(short_run, workdir):
+    from prism.train.driver import run_training
+
+    first = short_run
     start = Path(first.best_checkpoint).parent / "epoch_0001"
     state = json.loads((start / "state.json").read_text())
     assert (state["stage_index"], state["epoch_in_stage"], state["epoch"]) == (1, 0, 1)  # next: stage 2
-    resumed = run_training(load_config(CIRCLES_JOB, [*short, f"train.resume_from={start}"]))
+    resumed = run_training(load_config(CIRCLES_JOB, [*SHORT, "train.storage_path=" + str(workdir / "runs"),
+                                                     f"train.resume_from={start}"]))
     assert [int(h["epoch"]) for h in resumed.history] == [1, 2]
     assert resumed.history[0] == pytest.approx(first.history[0])  # epoch 1 carried over, not re-run
     assert int(resumed.history[1]["stage_index"]) == 1
+
+
+def test_a_rerun_gives_the_same_curve(short_run, workdir):
+    """train.seed fixes model init, the per-epoch shuffle and every row's augmentation (1 worker)."""
+    from prism.train.driver import run_training
+
+    again = run_training(load_config(CIRCLES_JOB, [*SHORT, "train.storage_path=" + str(workdir / "runs2")]))
+    keys = ["train/loss", "val/loss", "val/presence/accuracy", "val/macro_f1"]
+    for h_again, h_first in zip(again.history, short_run.history, strict=True):
+        assert [h_again[k] for k in keys] == pytest.approx([h_first[k] for k in keys], rel=1e-6)
+    other = run_training(load_config(CIRCLES_JOB, [*SHORT, "train.seed=1", "train.storage_path=" + str(workdir / "runs3")]))
+    assert other.history[0]["train/loss"] != short_run.history[0]["train/loss"]  # the seed is what fixed it
 
 
 @pytest.fixture(scope="module")

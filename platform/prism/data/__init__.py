@@ -12,6 +12,7 @@ __all__ = [
     "BadRowsError",
     "DecodeImages",
     "LabelTable",
+    "Split",
     "TrainData",
     "build_datasets",
     "check_decodable",
@@ -19,13 +20,17 @@ __all__ = [
     "read_bytes",
     "read_label_table",
     "resize_rgb",
+    "resolve_image_root",
     "resolve_labels_csv",
+    "split_fingerprint",
+    "split_labels",
     "split_table",
 ]
 
 _HOME = {
     "TrainData": "datasets", "build_datasets": "datasets", "resolve_labels_csv": "datasets",
-    "split_table": "datasets", "DecodeImages": "images", "check_decodable": "images",
+    "split_table": "datasets", "Split": "datasets", "split_labels": "datasets",
+    "split_fingerprint": "datasets", "resolve_image_root": "datasets", "DecodeImages": "images", "check_decodable": "images",
     "decode_image": "images", "read_bytes": "images", "resize_rgb": "images", "BadRowsError": "table",
     "LabelTable": "table", "read_label_table": "table",
 }

@@ -177,10 +177,9 @@ def _check_images(table: LabelTable, on_bad_rows: str, source: str, use_ray: boo
 def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     """Validate the labels and images, split, and build the lazy train/val Ray datasets."""
     import ray.data
+    from ray.data.expressions import random
 
     from prism._ray import ensure_ray
-
-    from ray.data.expressions import random
 
     d = cfg.data
     ctx = ray.data.DataContext.get_current()  # each dataset keeps a copy of the context it was built under

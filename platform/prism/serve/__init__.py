@@ -9,13 +9,13 @@ Modules, from the outside in::
     payload.py      POST /predict request (multipart or JSON) → named image bytes + options
     images.py       header-checked decoding (pixel limit before decode)
     schemas.py      request / response bodies (OpenAPI), top_k
-    errors.py       the JSON error body and its status codes
-    settings.py     ServeSettings (user_config), AppArgs (builder args)
+    errors.py       the JSON error body and its status codes; 5xx bodies name no exception
+    settings.py     ServeSettings (user_config: limits, batching, ReloadSettings), AppArgs (builder args)
 
 Configs live in ``serve_configs/`` (``serve run serve_configs/circles.yaml``).
 """
 
 from prism.serve.app import build_app, load_serve_config, run_local
-from prism.serve.settings import AppArgs, ServeSettings
+from prism.serve.settings import AppArgs, ReloadSettings, ServeSettings
 
-__all__ = ["AppArgs", "ServeSettings", "build_app", "load_serve_config", "run_local"]
+__all__ = ["AppArgs", "ReloadSettings", "ServeSettings", "build_app", "load_serve_config", "run_local"]

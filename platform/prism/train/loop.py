@@ -42,6 +42,13 @@ def _cosine_factor(epochs: int):
     return lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
 
 
+def dist_backend() -> str:
+    """The process group's backend (``gloo``, ``nccl``), or ``none`` outside one."""
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+
+
 def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the local shuffle of worker ``rank`` in ``epoch`` (1-based): new each epoch, fixed per run."""
     return (seed * 1_000_003 + epoch * 1009 + rank) % 2**32
@@ -140,8 +147,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1:
             ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if rank == 0:
+            where = f"{world} workers (DDP, {dist_backend()})" if world > 1 else f"1 worker ({device.type})"
             log.info(f"[prism] stage {si + 1}/{len(cfg.stages)} '{stage.name}' ({stage.kind}, {stage.epochs} "
-                     f"epochs)\n{trainable_report(model)}")
+                     f"epochs) on {where}\n{trainable_report(model)}")
 
         for e in range(state.epoch_in_stage, stage.epochs):
             t0 = time.perf_counter()
