@@ -185,8 +185,9 @@ class TrainConfig(StrictModel):
     )
     checkpoints_to_keep: int = Field(default=2, ge=1)
     max_failures: int = Field(
-        default=3, ge=-1, description="Worker-group failures (a lost worker or node) survived by restarting "
-        "from the latest checkpoint; 0 = fail at once, -1 = retry forever.",
+        default=0, ge=-1, description="Worker-group failures survived by restarting the group from the latest "
+        "checkpoint (a lost worker or node, e.g. spot instances); 0 = fail at once, -1 = retry forever. Ray "
+        "retries any error of the training function, a bug or an out-of-memory error too.",
     )
     grad_clip: float | None = Field(default=1.0, gt=0)
     seed: int = Field(

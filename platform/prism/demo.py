@@ -25,7 +25,10 @@ def held_out_report(cfg, val, results: list[dict]) -> list[str]:
     """One line per head: accuracy of ``results`` on the rows of ``val`` where the head is defined, vs chance.
 
     ``val`` is a split frame (``path`` + ``y_<head>`` class indices, -1 where undefined); chance is the
-    accuracy of always answering the head's most frequent class among those rows.
+    accuracy of always answering the head's most frequent class among those rows. These are the answers
+    users get: a conditional head answers ``na`` where the predicted parent class rules it out, and that
+    counts as wrong here, while training's ``val/<head>/accuracy`` scores the head's own argmax on the
+    rows where it is defined — so these can be a little lower.
     """
     lines = []
     for h in cfg.task.heads:
@@ -38,7 +41,8 @@ def held_out_report(cfg, val, results: list[dict]) -> list[str]:
         acc = float((np.asarray(predicted)[defined] == y[defined]).mean())
         chance = float(np.bincount(y[defined]).max() / defined.sum())
         lines.append(f"  {h.name:12s} accuracy {acc:.3f} on {int(defined.sum())} images  "
-                     f"(chance, always the commonest class: {chance:.3f})")
+                     f"(chance, always the commonest class: {chance:.3f})"
+                     + ("  — an 'na' answer counts as wrong" if h.only_when else ""))
     return lines
 
 

@@ -5,8 +5,9 @@ Which rows are scored (:func:`select_rows`):
 - a labels CSV given: every row of it; relative image paths under ``image_root``, default the CSV's folder.
 - none given: the **validation split** of the model's own training data (``data.*`` of its config), split
   as training split it (``data.val_fraction``, ``data.split_seed``, :func:`prism.data.datasets.split_labels`).
-  No training row is ever scored, and the split's fingerprint is the one training registered with the model
-  version (tag ``prism.val_fingerprint``), so a mismatch shows that the data changed since.
+  The split's fingerprint must equal the one training wrote into the bundle (``metrics.json``, also the
+  version tag ``prism.val_fingerprint``); if the data changed since, evaluate refuses rather than score
+  rows that may have been training rows.
 
 Batches are scored by :meth:`Task.validation_step <prism.tasks.multihead.task.MultiHeadTask.validation_step>`,
 the same call (and TTA default) as training's validation.
@@ -98,10 +99,18 @@ def select_rows(predictor: Predictor, labels_csv: Path | None = None, image_root
                              "validation split is read as training read it (the model config's data.*)")
         split = split_labels(cfg, task, use_ray=False)
         rows, skipped = split.val, len(split.table.skipped)
+        recorded = _recorded_fingerprint(predictor)
+        if recorded is not None and recorded != split.val_fingerprint:
+            raise ValueError(
+                f"the validation split rebuilt from the model's data config ({split.labels_csv}, fingerprint "
+                f"{split.val_fingerprint[:12]}) is not the one the model was scored on at training (fingerprint "
+                f"{recorded[:12]}): the data changed since, so some of these rows may be training rows. Pass "
+                "--labels with a table of held-out images to score instead"
+            )
         root = resolve_image_root(cfg)
         scored = {"rows": "validation split", "labels_csv": str(split.labels_csv),
                   "image_root": None if root is None else str(root), "val_fraction": cfg.data.val_fraction,
-                  "split_seed": cfg.data.split_seed}
+                  "split_seed": cfg.data.split_seed, "fingerprint": split.val_fingerprint}
     else:
         table = read_label_table(Path(labels_csv), image_column or cfg.data.image_column, task.label_columns(),
                                  task.unknown_labels, on_bad_rows or "error", image_root=image_root)
@@ -109,9 +118,18 @@ def select_rows(predictor: Predictor, labels_csv: Path | None = None, image_root
         rows = pd.concat([table.rows[["path"]], pd.DataFrame(targets)], axis=1)
         skipped = len(table.skipped)
         scored = {"rows": "all rows", "labels_csv": str(Path(labels_csv).resolve()),
-                  "image_root": None if image_root is None else str(Path(image_root).resolve())}
-    scored.update(n_images=len(rows), fingerprint=split_fingerprint(rows))
+                  "image_root": None if image_root is None else str(Path(image_root).resolve()),
+                  "fingerprint": split_fingerprint(rows, Path(image_root or Path(labels_csv).parent).resolve())}
+    scored.update(n_images=len(rows))
     return EvalRows(rows, skipped, scored)
+
+
+def _recorded_fingerprint(predictor: Predictor) -> str | None:
+    """The ``val_fingerprint`` training wrote into the bundle's ``metrics.json`` (None: older bundles)."""
+    path = Path(predictor.source) / "metrics.json" if predictor.source else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("val_fingerprint")
 
 
 def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column: str | None = None,

@@ -72,3 +72,16 @@ def test_missing_file_and_non_mapping(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(p)
+
+
+def test_unknown_train_metric_is_refused_before_training(circles_raw):
+    from prism._schema import ConfigError
+    from prism.config import JobConfig
+    from prism.tasks import build_task
+    from prism.train.driver import check_metric
+
+    cfg = JobConfig.model_validate({**circles_raw, "train": {**circles_raw["train"], "metric": "val/presence/acc"}})
+    with pytest.raises(ConfigError, match="did you mean 'val/presence/accuracy'"):
+        check_metric(cfg, build_task(cfg))
+    for ok in ("val/loss", "train/loss", "val/closure/macro_f1"):
+        check_metric(cfg.model_copy(update={"train": cfg.train.model_copy(update={"metric": ok})}), build_task(cfg))

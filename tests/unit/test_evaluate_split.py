@@ -118,3 +118,19 @@ def test_cli_evaluate_default_is_the_validation_split(dataset, tmp_path, monkeyp
     assert saved["scored"]["rows"] == "validation split" and saved["scored"]["split_seed"] == 3
     assert f"validation split: {N // 4} images" in capsys.readouterr().out
     assert main(["evaluate", "--model", "m", "--root", str(tmp_path), "--out", str(out)]) == 2  # --root needs --labels
+
+
+def test_evaluate_refuses_when_the_data_changed_since_training(dataset, tmp_path):
+    """The bundle records the fingerprint of the split it was scored on; another split is refused."""
+    cfg = job(dataset)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    recorded = split_labels(cfg, MultiHeadTask(cfg), use_ray=False).val_fingerprint
+    (bundle / "metrics.json").write_text(json.dumps({"metrics": {}, "val_fingerprint": recorded}))
+    pred = predictor(cfg)
+    pred.source = str(bundle)
+    assert evaluate(pred, progress=False).scored["fingerprint"] == recorded  # unchanged data: scored
+    labels = pd.read_csv(dataset)
+    labels.iloc[:-2].to_csv(dataset, index=False)  # two rows gone: sklearn re-splits everything
+    with pytest.raises(ValueError, match="not the one the model was scored on"):
+        evaluate(pred, progress=False)

@@ -54,7 +54,7 @@ def test_same_data_and_split_give_the_same_fingerprint_anything_else_another(tmp
     csv = write_dataset(tmp_path / "a", labels)
     base = fingerprint(csv)
     assert len(base) == 64 and base == fingerprint(csv)  # two runs, same data and split
-    assert fingerprint(write_dataset(tmp_path / "copy", labels)) != base  # same names, other files
+    assert fingerprint(write_dataset(tmp_path / "copy", labels)) == base  # the same data set elsewhere
     assert fingerprint(csv, split_seed=1) != base
     assert fingerprint(csv, val_fraction=0.5) != base
     relabelled = pd.read_csv(csv)

@@ -194,3 +194,17 @@ def test_read_payload_errors(make, status, error, message):
     with pytest.raises(RequestError, match=message) as info:
         asyncio.run(read_payload(make(), max_images=2))
     assert (info.value.status, info.value.error) == (status, error)
+
+
+def test_a_user_config_the_replicas_would_refuse_fails_before_deploying(tmp_path):
+    """Serve stops a replica whose reconfigure raises; prism checks each Prism app's user_config first."""
+    from prism.serve.app import _served_models
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    deployment = next(d for d in raw["applications"][0]["deployments"] if d["name"] == DEPLOYMENT)
+    deployment["user_config"]["max_batch_size"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    assert _served_models(load_serve_config(CONFIG))  # the shipped config passes
+    with pytest.raises(ConfigError, match=r"(?s)user_config of .* is invalid.*max_batch_size"):
+        _served_models(load_serve_config(bad))

@@ -70,10 +70,12 @@ class Split:
     table: LabelTable
     train: pd.DataFrame
     val: pd.DataFrame
+    image_root: Path | None = None
 
     @property
     def val_fingerprint(self) -> str:
-        return split_fingerprint(self.val)
+        """:func:`split_fingerprint` of ``val``, paths relative to the image root."""
+        return split_fingerprint(self.val, self.image_root or self.labels_csv.parent)
 
 
 def resolve_image_root(cfg: JobConfig) -> Path | None:
@@ -108,15 +110,25 @@ def split_table(rows: pd.DataFrame, stratify: np.ndarray, val_fraction: float, s
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def split_fingerprint(rows: pd.DataFrame) -> str:
+def split_fingerprint(rows: pd.DataFrame, image_root: Path | None = None) -> str:
     """sha256 (hex) of a split: its ``path`` and ``y_<head>`` columns, rows sorted, written as CSV.
 
-    The same labels table, ``data.val_fraction`` and ``data.split_seed`` give the same value on every run;
-    other images, other labels, another split or another set of heads give another. Paths are absolute, so
-    the same files moved elsewhere count as other data; file contents are not hashed.
+    Paths under ``image_root`` (the folder the CSV's relative paths were resolved against) enter relative
+    to it, so the same data set in another place — a second clone, Ray's copy of the working folder under
+    ``ray job submit``, a cluster node — has the same fingerprint. The same labels, ``data.val_fraction``
+    and ``data.split_seed`` give the same value on every run; other image names, other labels, another
+    split or another set of heads give another. File contents are not hashed.
     """
+    def rel(p: str) -> str:
+        if image_root is None:
+            return p
+        try:
+            return Path(p).relative_to(image_root).as_posix()
+        except ValueError:  # an absolute path in the CSV, outside the root
+            return p
+
     cols = ["path", *sorted(c for c in rows.columns if c.startswith("y_"))]
-    canonical = rows[cols].sort_values(cols).to_csv(index=False)
+    canonical = rows[cols].assign(path=rows["path"].map(rel)).sort_values(cols).to_csv(index=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -139,7 +151,7 @@ def split_labels(cfg: JobConfig, task: Task, use_ray: bool = True) -> Split:
     targets = task.encode_labels(table.rows)
     rows = pd.concat([table.rows[["path"]], pd.DataFrame(targets)], axis=1)
     train, val = split_table(rows, task.stratify_key(table.rows), d.val_fraction, d.split_seed)
-    return Split(csv, table, train, val)
+    return Split(csv, table, train, val, resolve_image_root(cfg))
 
 
 def rows_dataset(df: pd.DataFrame, rows_per_block: int, max_blocks: int = MAX_BLOCKS) -> ray.data.Dataset:
@@ -182,9 +194,8 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     from prism._ray import ensure_ray
 
     d = cfg.data
-    ctx = ray.data.DataContext.get_current()  # each dataset keeps a copy of the context it was built under
+    ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = d.progress_bars
-    ctx.execution_options.preserve_order = d.deterministic
     split = split_labels(cfg, task)
     train_df, val_df = split.train, split.val
     ensure_ray()
@@ -197,5 +208,7 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
              .with_column(AUG_SEED_COLUMN, random(seed=cfg.train.seed, reseed_after_execution=True))
              .map_batches(decode_train, batch_size=d.map_batch_size))
     val = rows_dataset(val_df, d.map_batch_size).map_batches(DecodeImages(img_size), batch_size=d.map_batch_size)
+    for ds in (train, val):  # each dataset has its own copy of the context: the process's is left alone
+        ds.context.execution_options.preserve_order = d.deterministic
     return TrainData(train, val, len(train_df), len(val_df), split.table.skipped, split.labels_csv,
                      split.val_fingerprint)

@@ -22,7 +22,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from prism._schema import ConfigError
 from prism.serve.deployment import Classifier
-from prism.serve.settings import AppArgs, resolve_tracking_uri, settings_dict
+from prism.serve.settings import AppArgs, ServeSettings, resolve_tracking_uri, settings_dict
 
 __all__ = ["BUILDER", "DEFAULT_CONFIG", "build_app", "load_serve_config", "run_local"]
 
@@ -118,6 +118,12 @@ def _served_models(schema: ServeDeploySchema) -> list[tuple[str, str, str]]:
         if app.import_path == BUILDER:
             args = AppArgs.model_validate(app.args)
             user_config = next((d.user_config for d in app.deployments if d.name == DEPLOYMENT), None) or {}
+            try:  # a user_config the replicas' reconfigure would refuse fails here, not as a failed deploy
+                if user_config:
+                    ServeSettings.model_validate(user_config)
+            except ValidationError as exc:
+                raise ConfigError(f"application {app.name!r}: user_config of {DEPLOYMENT!r} is invalid: "
+                                  f"{exc}") from None
             out.append((app.name, resolve_tracking_uri(args.tracking_uri),
                         user_config.get("model_uri") or args.settings.model_uri))
     return out

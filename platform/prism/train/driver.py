@@ -21,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from prism._ray import ensure_ray
+from prism._schema import ConfigError
 from prism.bundle import BUNDLE_FILES
 from prism.config import JobConfig
 from prism.console import train_logging_config
@@ -30,7 +31,7 @@ from prism.train.loop import train_loop_per_worker
 if TYPE_CHECKING:
     from prism.data.datasets import TrainData
 
-__all__ = ["TrainOutcome", "build_trainer", "resolve_img_size", "run_training"]
+__all__ = ["TrainOutcome", "build_trainer", "check_metric", "resolve_img_size", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,24 @@ def resolve_img_size(cfg: JobConfig) -> JobConfig:
     return cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"img_size": bb.img_size})})
 
 
+LOOP_METRICS = ("epoch", "epoch_time_s", "train/loss", "train/images_per_s", "val/loss")
+"""Keys the loop reports besides the task's ``val/*`` metrics (and ``lr/<group>``)."""
+
+
+def check_metric(cfg: JobConfig, task) -> None:
+    """Refuse an unknown ``train.metric`` before any training (it is first reported after an epoch)."""
+    known = {*LOOP_METRICS, *task.metrics().compute("val/")}
+    if cfg.train.metric not in known:
+        import difflib
+
+        close = difflib.get_close_matches(cfg.train.metric, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"train.metric: '{cfg.train.metric}' is not reported{hint}; choose one of {sorted(known)}")
+
+
 def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = None,
-                  run_name: str | None = None, resume_from: str | None = None) -> TorchTrainer:
+                  run_name: str | None = None, resume_from: str | None = None,
+                  val_fingerprint: str | None = None) -> TorchTrainer:
     """The TorchTrainer for ``cfg`` (also what a Tune trial runs).
 
     A lost worker (or node) costs a restart of the worker group from the latest reported checkpoint,
@@ -73,7 +90,8 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"),
-                           "resume_from": None if resume_from is None else str(Path(resume_from).resolve())},
+                           "resume_from": None if resume_from is None else str(Path(resume_from).resolve()),
+                           "val_fingerprint": val_fingerprint},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         datasets=datasets,
@@ -129,6 +147,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
     uri = configure_tracking(cfg.tracking.tracking_uri)
     experiment_id = get_or_create_experiment(cfg.tracking.experiment)
     task = build_task(cfg)
+    check_metric(cfg, task)
     with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name,
                           parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
@@ -154,7 +173,8 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
         trainer = build_trainer(cfg, {"train": data.train, "val": data.val},
                                 callbacks=[MlflowEpochLogger(uri, run_id), *(extra_callbacks or [])],
                                 run_name=run_name or f"{cfg.tracking.experiment}-{run_id[:8]}",
-                                resume_from=None if cfg.train.resume_from is None else str(cfg.train.resume_from))
+                                resume_from=None if cfg.train.resume_from is None else str(cfg.train.resume_from),
+                                val_fingerprint=data.val_fingerprint)
         result = trainer.fit()
         best = result.get_best_checkpoint(metric=cfg.train.metric, mode=cfg.train.mode)
         if best is None:

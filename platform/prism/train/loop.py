@@ -6,7 +6,8 @@ the loss and the metrics. Each epoch it trains on this worker's shard of ``train
 ``val``, all-reduces the metrics, and reports them with a checkpoint (written by rank 0).
 
 ``config`` keys: ``job`` (the resolved :class:`~prism.config.JobConfig` as a dict) and optionally
-``resume_from`` (a checkpoint directory).
+``resume_from`` (a checkpoint directory) and ``val_fingerprint`` (of the validation split, written into each
+checkpoint's ``metrics.json`` so a bundle knows which rows it was scored on).
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = None
                 if rank == 0:
                     save_checkpoint(Path(tmp), cfg=cfg, task=task, model=model, names=names,
-                                    optimizer=optimizer, state=nxt, metrics=metrics, extra={"stats": acc.export()})
+                                    optimizer=optimizer, state=nxt, metrics=metrics,
+                                    extra={"stats": acc.export(), "val_fingerprint": config.get("val_fingerprint")})
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{state.epoch:04d}")
             if stop:

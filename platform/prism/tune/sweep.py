@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -170,8 +171,9 @@ def _register_best(best: dict[str, Any], cfg: JobConfig, storage: str, alias: st
         bundle.mkdir()
         for f in (*BUNDLE_FILES, "metrics.json"):
             shutil.copy2(Path(d) / f, bundle / f)
+        fingerprint = json.loads((bundle / "metrics.json").read_text()).get("val_fingerprint")
         mv = register_bundle(bundle, name, run_id=best["mlflow_run_id"], metric=metric,
-                             value=best[best_column(metric)], mode=cfg.train.mode)
+                             value=best[best_column(metric)], mode=cfg.train.mode, val_fingerprint=fingerprint)
     set_alias(name, alias, mv.version)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, str(mv.version), "prism.tune.parent_run_id", parent_run_id)
