@@ -13,7 +13,7 @@ from tests.e2e.conftest import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-FAST = ["data.synthetic.n=90", "backbone.img_size=56", "tracking.experiment=cli",
+FAST = ["data.synthetic.n=90", "backbone.img_size=64", "tracking.experiment=cli",
         "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"]
 
 

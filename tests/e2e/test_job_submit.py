@@ -17,7 +17,7 @@ from tests.e2e.conftest import run
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
 
 # Two workers of half a CPU each: DDP over gloo, metrics all-reduced, on a 2-CPU cluster.
-OVERRIDES = ["data.synthetic.n=90", "backbone.img_size=56", "tracking.experiment=submitted",
+OVERRIDES = ["data.synthetic.n=90", "backbone.img_size=64", "tracking.experiment=submitted",
              "train.num_workers=2", "train.cpus_per_worker=0.5",
              "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"]
 

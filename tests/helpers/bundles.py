@@ -3,7 +3,7 @@
 - :func:`make_bundle`: the four bundle files with placeholder contents. Enough for logging, registering
   and resolving (nothing loads the weights); ``tag`` is written into ``weights_sha256`` so versions can be
   told apart after a round trip (:func:`sha_of`).
-- :func:`fabricate_bundle`: a loadable bundle of ``jobs/circles.yaml`` on ``dinov2_tiny`` at 56 px whose
+- :func:`fabricate_bundle`: a loadable bundle of ``jobs/circles.yaml`` on the job's tiny backbone at 64 px whose
   LoRA B and head weights are drawn from ``seed`` (two seeds give visibly different predictions).
 """
 
@@ -19,7 +19,7 @@ from tests.conftest import CIRCLES_JOB
 __all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "fabricate_bundle", "make_bundle", "sha_of"]
 
 BUNDLE_FILES = {"backbone.json", "config.yaml", "labels.json", "weights.safetensors"}
-IMG_SIZE = 56
+IMG_SIZE = 64
 PLAN = "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
 
 
@@ -42,7 +42,7 @@ def sha_of(bundle: Path) -> str:
 
 
 def fabricate_bundle(path: Path, seed: int) -> Path:
-    """A loadable bundle in ``path``: the circles job on ``dinov2_tiny`` at 56 px, LoRA B and heads from ``seed``."""
+    """A loadable bundle in ``path``: the circles job on the job's tiny backbone at 64 px, LoRA B and heads from ``seed``."""
     from prism.adapters import save_adapted, trainable_names_union
     from prism.bundle import WEIGHTS_FILE, write_bundle_meta
     from prism.config import load_config

@@ -108,11 +108,11 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 TWO_STAGE_PLAN = (
     "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
 )
-BUNDLE_IMG_SIZE = 56
+BUNDLE_IMG_SIZE = 64
 
 
 def write_circles_bundle(folder: Path, plan: str = TWO_STAGE_PLAN) -> tuple[nn.Module, list[str]]:
-    """Write a bundle of the circles job (tiny backbone, 56 px) into `folder`, as training would.
+    """Write a bundle of the circles job (tiny backbone, 64 px) into `folder`, as training would.
 
     LoRA B and the heads are drawn from N(0, 0.05) so that the adapters change predictions. Returns the
     model in eval mode and the sorted names of the parameters saved in the weights file.

@@ -86,7 +86,7 @@ def test_lost_worker_resumes_from_checkpoint(ray_local, workdir, capfd):
     cfg = load_config(CIRCLES_JOB, [
         "tracking.experiment=faults", "tracking.model_name=faults", f"train.storage_path={runs}",
         "train.num_workers=2", "train.cpus_per_worker=0.5", "train.max_failures=2",
-        "data.synthetic.n=200", "backbone.img_size=56", "train.early_stop_patience=null",
+        "data.synthetic.n=200", "backbone.img_size=64", "train.early_stop_patience=null",
         "stages=[{kind: probe, epochs: 2, lr: {head: 1e-3}}, {kind: lora, epochs: 4, lr: {head: 1e-3, lora: 1e-3}}]",
     ])
     killer = WorkerKiller("faults", KILL_AFTER_EPOCH)

@@ -161,7 +161,7 @@ def test_healthz_and_models(server, reg):
     info = requests.get(f"{server}/models", timeout=TIMEOUT).json()
     assert (info["name"], info["version"], info["alias"], info["uri"]) == (MODEL_NAME, 1, "champion", reg.champion)
     assert info["run_id"] and info["metric"] == "val/macro_f1" and info["metric_value"] == 0.5
-    assert (info["task"], info["img_size"]) == ("multihead", 56)
+    assert (info["task"], info["img_size"]) == ("multihead", 64)
 
 
 def test_openapi_documents_both_request_types(server):

@@ -59,7 +59,7 @@ def test_mlflow_run_has_config_metrics_plots(trained):
     client = mlflow.MlflowClient()
     run = client.get_run(o.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["backbone.name"] == "dinov2_tiny"
+    assert run.data.params["backbone.name"] == "dinov2_tiny_conv"
     hist = client.get_metric_history(o.run_id, "val/macro_f1")
     assert [m.step for m in hist] == [int(h["epoch"]) for h in o.history]
     stage_hist = client.get_metric_history(o.run_id, "stage_index")
@@ -69,7 +69,7 @@ def test_mlflow_run_has_config_metrics_plots(trained):
     conf = {a.path for a in client.list_artifacts(o.run_id, "confusion")}
     assert conf == {"confusion/presence.png", "confusion/closure.png", "confusion/circularity.png"}
     resolved = mlflow.artifacts.load_text(f"runs:/{o.run_id}/config/resolved.yaml")
-    assert "dinov2_tiny" in resolved and "unfreeze" in resolved
+    assert "dinov2_tiny_conv" in resolved and "unfreeze" in resolved
 
 
 def test_registered_version_holds_adapted_weights_only(trained):
@@ -81,7 +81,7 @@ def test_registered_version_holds_adapted_weights_only(trained):
     files = {p.name for p in bundle.iterdir()}
     assert {"weights.safetensors", "config.yaml", "labels.json", "backbone.json"} <= files
     meta = json.loads((bundle / "backbone.json").read_text())
-    assert meta["name"] == "dinov2_tiny" and len(meta["weights_sha256"]) == 64
+    assert meta["name"] == "dinov2_tiny_conv" and len(meta["weights_sha256"]) == 64
     labels = json.loads((bundle / "labels.json").read_text())
     assert labels["heads"]["presence"] == ["circle_clear", "circle_resembles", "no_circle"]
 
@@ -124,7 +124,7 @@ def test_worse_model_does_not_take_champion(trained, workdir):
 
 
 SHORT = [
-    "tracking.experiment=resume", "tracking.model_name=null", "data.synthetic.n=120", "backbone.img_size=56",
+    "tracking.experiment=resume", "tracking.model_name=null", "data.synthetic.n=120", "backbone.img_size=64",
     "train.checkpoints_to_keep=5",
     "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]",
 ]
@@ -180,25 +180,25 @@ def test_bad_rows_fail_naming_the_undecodable_file(ray_local, bad_data):
     from prism.data.table import BadRowsError
     from prism.tasks import build_task
 
-    cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", "backbone.img_size=56"])
+    cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", "backbone.img_size=64"])
     with pytest.raises(BadRowsError) as err:
-        build_task(cfg).build_datasets(56)
+        build_task(cfg).build_datasets(64)
     msg = str(err.value)
     assert "line 3: images/missing.png: file not found" in msg and "presence='oval'" in msg
     # the table check stops first; once the table is clean the image check names the bad file
     labels = pd.read_csv(bad_data / "labels.csv", dtype=str, keep_default_na=False).drop(index=[1, 2])
     clean = bad_data / "only_undecodable.csv"
     labels.to_csv(clean, index=False)
-    cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", f"data.labels={clean}", "backbone.img_size=56"])
+    cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", f"data.labels={clean}", "backbone.img_size=64"])
     with pytest.raises(BadRowsError, match=r"line 2: images/00000.png: cannot decode|UnidentifiedImageError"):
-        build_task(cfg).build_datasets(56)
+        build_task(cfg).build_datasets(64)
 
 
 def test_skipped_rows_are_counted_and_logged(ray_local, workdir, bad_data):
     from prism.train.driver import run_training
 
     cfg = load_config(CIRCLES_JOB, [
-        f"data.root={bad_data}", "data.on_bad_rows=skip", "backbone.img_size=56", "tracking.model_name=null",
+        f"data.root={bad_data}", "data.on_bad_rows=skip", "backbone.img_size=64", "tracking.model_name=null",
         "tracking.experiment=badrows", "train.storage_path=" + str(workdir / "runs"),
         "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}]",
     ])

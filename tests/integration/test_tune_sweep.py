@@ -123,5 +123,5 @@ def test_candidate_loads_as_a_predictor(sweep):
     from prism.predictor import load_predictor
 
     pred = load_predictor("models:/circles@candidate")
-    assert pred.cfg.backbone.img_size == 56
+    assert pred.cfg.backbone.img_size == 64
     assert pred.cfg.lora.rank in (2, 4)

@@ -27,7 +27,7 @@ def test_bundle_holds_only_adapted_weights_and_round_trips(bundle):
     meta = json.loads((path / "backbone.json").read_text())
     assert meta["weights_sha256"] == model.backbone.weights_sha256
     _, _, rebuilt = load_bundle(path)
-    x = torch.randn(3, 3, 56, 56)
+    x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         a, b = model(x), rebuilt(x)
     for k in a:
@@ -48,9 +48,9 @@ def test_export_merges_lora_into_plain_backbone_weights(bundle, tmp_path_factory
 
     path, model, _ = bundle
     out = export_merged(str(path), tmp_path_factory.mktemp("export"))
-    backbone = create_backbone("dinov2_tiny", weights=out / "backbone.safetensors", img_size=56)
+    backbone = create_backbone("dinov2_tiny_conv", weights=out / "backbone.safetensors", img_size=64)
     assert not any(".lora_" in n for n, _ in backbone.named_parameters())
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model.backbone(x)["cls"]
         got = backbone(x)["cls"]

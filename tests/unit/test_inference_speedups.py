@@ -16,7 +16,7 @@ from tests.helpers.models import write_circles_bundle
 
 @pytest.fixture
 def bundle(tmp_path):
-    """A bundle of the circles job (tiny backbone, 56 px) whose LoRA and heads are non-trivial."""
+    """A bundle of the circles job (tiny backbone, 64 px) whose LoRA and heads are non-trivial."""
     write_circles_bundle(tmp_path)
     return tmp_path
 
@@ -45,7 +45,7 @@ def test_infer_runs_the_forward_in_the_jobs_mixed_precision(bundle, monkeypatch,
 
     monkeypatch.setattr(task_module, "resolve_amp", fake_resolve_amp)
     seen = _head_output_dtypes(model)
-    probs = task.infer(model, torch.randn(2, 3, 56, 56), tta=True)
+    probs = task.infer(model, torch.randn(2, 3, 64, 64), tta=True)
     assert asked == [(cfg.train.amp, "cpu")]
     assert set(seen) == {amp or torch.float32}
     for p in probs.values():
@@ -56,7 +56,7 @@ def test_infer_runs_the_forward_in_the_jobs_mixed_precision(bundle, monkeypatch,
 def test_infer_on_cpu_stays_float32(bundle):
     _, task, model = load_bundle(bundle)
     seen = _head_output_dtypes(model)
-    task.infer(model, torch.randn(2, 3, 56, 56))
+    task.infer(model, torch.randn(2, 3, 64, 64))
     assert seen and set(seen) == {torch.float32}
 
 
@@ -65,7 +65,7 @@ def test_infer_on_cpu_stays_float32(bundle):
 def test_infer_on_cuda_uses_autocast(bundle):
     _, task, model = load_bundle(bundle, device="cuda")
     seen = _head_output_dtypes(model)
-    probs = task.infer(model, torch.randn(2, 3, 56, 56, device="cuda"))
+    probs = task.infer(model, torch.randn(2, 3, 64, 64, device="cuda"))
     assert set(seen) <= {torch.bfloat16, torch.float16} and seen
     assert all(p.dtype == torch.float32 for p in probs.values())
 
@@ -82,7 +82,7 @@ def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
     and leaves no peft layer, so no adapted Linear runs its extra low-rank matmuls."""
     _, task, model = load_bundle(bundle)
     assert has_lora(model)
-    x = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     adapted = task.infer(model, x, tta=True)
     _, _, without = load_bundle(bundle)
     _zero_lora_b(without)
@@ -105,7 +105,7 @@ def test_predictor_model_has_lora_merged(bundle):
     assert not has_lora(predictor.model)
     assert has_lora(Predictor.from_bundle(bundle, device="cpu", merge=False).model)
     _, task, adapted = load_bundle(bundle)
-    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     expected = task.infer(adapted, x, tta=True)
     got = predictor.task.infer(predictor.model, x, tta=True)
     for k in expected:

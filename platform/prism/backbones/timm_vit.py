@@ -7,13 +7,13 @@ position embeddings are interpolated on the fly by timm). Blocks are "model.bloc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
 import timm
 import torch
-from timm.layers import HybridEmbed, LayerNorm2d
-from timm.models.vision_transformer_hybrid import ConvStem
+from timm.layers import ConvNormAct, HybridEmbed, LayerNorm2d
 
 from prism.backbones._registry import register_backbone
 from prism.backbones.base import Backbone, check_img_size
@@ -24,32 +24,38 @@ _TINY = {"embed_dim": 48, "depth": 3, "num_heads": 2}
 _TINY_DINOV2 = {**_TINY, "init_values": 1.0}
 
 
-def conv_stem_embed(*, stem_channels: tuple[int, ...] = (24, 48), stem_stride: int = 2, **kwargs: object):
-    """timm ``embed_layer``: a small CNN (3x3 convs, channel LayerNorm, GELU; total stride ``stem_stride``) under the
-    patch projection, so the tokens of a patch of p px come from a ``p / stem_stride`` px projection of
-    conv features instead of one linear map of raw pixels.
+def conv_stem_embed(*, stem_channels: tuple[int, ...] = (24, 48, 96, 128), stem_strides: tuple[int, ...] = (2, 2, 2, 2),
+                    **kwargs: object) -> HybridEmbed:
+    """timm ``embed_layer``: a small CNN of 3x3 conv → channel LayerNorm → GELU layers (total stride the
+    product of ``stem_strides``) under the patch projection, instead of one linear map of raw pixels.
 
     Early convolutions make ViTs far more sample-efficient from random init (Xiao et al., "Early
     Convolutions Help Transformers See Better", 2021): what the tiny random-init variants need to learn
-    shapes from a few hundred images on a CPU. The module is timm's own ``HybridEmbed`` over timm's
-    ``ConvStem`` with a per-pixel LayerNorm (no batch statistics: the same in training and eval, and under
-    DDP); ``kwargs`` are what VisionTransformer passes to its embed layer (``patch_size`` is the
-    total stride p, as for a plain patch embedding).
+    shapes from a few thousand images on a CPU. Built from timm's own ``HybridEmbed`` and ``ConvNormAct``;
+    the per-pixel LayerNorm has no batch statistics, so training, eval and DDP behave alike. ``kwargs`` are
+    what VisionTransformer passes to its embed layer; ``patch_size`` is the total stride p (a multiple of
+    the stem's), as for a plain patch embedding.
     """
     patch = int(kwargs.pop("patch_size"))
-    if patch % stem_stride:
-        raise ValueError(f"patch_size={patch} is not a multiple of the conv stem's stride {stem_stride}")
-    depth = len(stem_channels)
-    strides = (stem_stride,) + (1,) * (depth - 1)
-    stem = ConvStem(in_chans=int(kwargs.pop("in_chans", 3)), depth=depth, channels=tuple(stem_channels),
-                    stride=strides, norm_layer=LayerNorm2d, act_layer=torch.nn.GELU)
+    total = math.prod(stem_strides)
+    if patch % total or len(stem_channels) != len(stem_strides):
+        raise ValueError(f"patch_size={patch} must be a multiple of the stem's stride {total}, and "
+                         f"stem_channels {stem_channels} must match stem_strides {stem_strides}")
+    in_chans = int(kwargs.pop("in_chans", 3))
+    layers, c_in = [], in_chans
+    for c, stride in zip(stem_channels, stem_strides, strict=True):
+        layers.append(ConvNormAct(c_in, c, kernel_size=3, stride=stride, norm_layer=LayerNorm2d,
+                                  act_layer=torch.nn.GELU))
+        c_in = c
     kwargs.pop("dynamic_img_pad", None)
-    return HybridEmbed(stem, patch_size=patch // stem_stride, **kwargs)
+    return HybridEmbed(torch.nn.Sequential(*layers), patch_size=patch // total, in_chans=in_chans, **kwargs)
 
 
-# A tiny DINOv2-architecture ViT whose patch embedding is a conv stem (see conv_stem_embed): blocks, norms,
-# tokens and LoRA sites are those of DINOv2; only the patch embedding differs.
-_TINY_CONV = {**_TINY_DINOV2, "embed_layer": conv_stem_embed}
+# A tiny ViT in DINOv2's architecture (blocks, norms, LayerScale, tokens and LoRA sites) whose patch
+# embedding is a conv stem of total stride 16 (see conv_stem_embed): 7 x 7 tokens of 64 dims at 112 px.
+# Random init only — it exists so that tests, demos and CPU-only users train something that learns in
+# minutes; its scores say nothing about DINOv2.
+_TINY_CONV = {**_TINY_DINOV2, "embed_dim": 64, "patch_size": 16, "embed_layer": conv_stem_embed}
 
 
 class TimmViTBackbone(Backbone):
@@ -146,7 +152,7 @@ SPECS = [
     TimmViTSpec(
         "dinov2_tiny_reg", "vit_small_patch14_reg4_dinov2.lvd142m", 14, 56, _TINY_DINOV2, has_hub_weights=False
     ),
-    TimmViTSpec("dinov2_tiny_conv", "vit_small_patch14_dinov2.lvd142m", 14, 112, _TINY_CONV,
+    TimmViTSpec("dinov2_tiny_conv", "vit_small_patch14_dinov2.lvd142m", 16, 112, _TINY_CONV,
                 has_hub_weights=False),
     TimmViTSpec("dino_tiny", "vit_small_patch16_224.dino", 16, 64, _TINY, has_hub_weights=False),
 ]
