@@ -170,3 +170,10 @@ def test_almost_closed_leaves_an_angular_gap(seed):
     assert (np.histogram(ang, bins)[0] > 0).all()
     _, ang, _, _ = _polar_ink(seed, "almost_closed")
     assert (np.histogram(ang, bins)[0] == 0).any()
+
+
+@pytest.mark.parametrize("index", [1466, 1799, 2247])
+def test_shapes_shrunk_to_fit_are_placed(index):
+    """Regression: a distractor shrunk to exactly the room left had a placement range of -1e-17 and crashed."""
+    img, labels = circle_sample(0, index, 128)
+    assert img.size == (128, 128) and labels["presence"] in PRESENCE

@@ -36,7 +36,8 @@ def _place(rng: np.random.Generator, shapes: Polylines, extent: tuple[float, flo
         shapes = [p * (room / span.max()) for p in shapes]
         allp = np.concatenate(shapes)
         lo, hi = allp.min(axis=0), allp.max(axis=0)
-    offset = np.array([rng.uniform(_MARGIN - lo[i], 1.0 - _MARGIN - hi[i]) for i in range(2)])
+    # after a shrink-to-fit the room left is 0 up to rounding (high - low can be -1e-17): never below low
+    offset = np.array([rng.uniform(_MARGIN - lo[i], max(_MARGIN - lo[i], 1.0 - _MARGIN - hi[i])) for i in range(2)])
     return [p + offset for p in shapes]
 
 
