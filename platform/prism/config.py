@@ -154,7 +154,8 @@ class DataConfig(StrictModel):
     )
     progress_bars: bool = Field(default=False, description="Ray Data's per-operator progress bars.")
     check_images: bool = Field(
-        default=True, description="Decode every image once before training so bad files fail early."
+        default=True, description="Decode every image once before training so bad files fail early (not "
+        "for synthetic data, which the generator has just written)."
     )
 
     def labels_path(self) -> Path | None:

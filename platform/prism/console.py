@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["VERBOSE_ENV", "quiet_ray_data", "set_verbose", "train_logging_config", "verbose"]
+__all__ = ["VERBOSE_ENV", "quiet_ray_data", "quiet_train_worker", "set_verbose", "train_logging_config", "verbose"]
 
 VERBOSE_ENV = "PRISM_VERBOSE"
 RAY_DATA_CONFIG_ENV = "RAY_DATA_LOGGING_CONFIG"
@@ -48,6 +48,22 @@ def train_logging_config():
     from ray.train import LoggingConfig
 
     return LoggingConfig(log_level="INFO" if verbose() else "WARNING")
+
+
+def quiet_train_worker(verbose_: bool) -> None:
+    """In a Ray Train worker: keep Ray Train's INFO records that bypass ``LoggingConfig`` off the console.
+
+    Some of Ray Train's modules log under their file path (``logging.getLogger(__file__)``) rather than
+    ``ray.train.*`` — among them the per-report ``Reporting training result …`` line — so the level filter
+    of :func:`train_logging_config` does not see them; they propagate to the worker's root logger, which
+    Ray Train sends to the console. Raising those loggers to WARNING keeps them in no handler at INFO; the
+    records of ``ray.train.*`` still reach Ray Train's system log files.
+    """
+    if verbose_:
+        return
+    for name in list(logging.root.manager.loggerDict):
+        if "/ray/train/" in name.replace("\\", "/"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def quiet_ray_data() -> None:

@@ -1,7 +1,7 @@
 """The whole training path on a local Ray: data → Ray Train → MLflow → registry → predictor.
 
-One real training run of the demo job (tiny random-init backbone, 600 synthetic circles) is shared by the
-tests of this module; it must learn: held-out presence accuracy far above chance (1/3).
+One real training run of the demo job, made cheaper (half its synthetic circles, a shorter plan), is
+shared by the tests of this module; it must learn: every head far above chance on held-out images.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from tests.conftest import CIRCLES_JOB
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# Held-out accuracy each head must reach at its best epoch (chance: 1/3, 1/2, 1/2). TODO: measured values
+# The demo job (jobs/circles.yaml) on 1,200 instead of 2,400 images, with 16 instead of 25 epochs.
+LEARN_DATA = ["data.synthetic.n=1200", "data.batch_size=16", "tracking.experiment=learns"]
+LEARN = [*LEARN_DATA, "stages=[{kind: probe, epochs: 1, lr: {head: 3.0e-3}}, {kind: lora, epochs: 1, lr: "
+         "{head: 2.0e-3, lora: 2.0e-3}}, {kind: unfreeze, epochs: 14, blocks: all, lr: {head: 2.0e-3, lora: "
+         "2.0e-3, backbone: 2.0e-3}}]"]
+# Held-out accuracy each head must reach at the registered epoch (chance: 1/3, 1/2, 1/2), well below the
+# worst of 5 fresh runs (see the module's note in docs/tasks/multihead.md).
 THRESHOLDS = {"presence": 0.6, "closure": 0.6, "circularity": 0.6}
 
 
@@ -27,7 +33,7 @@ THRESHOLDS = {"presence": 0.6, "closure": 0.6, "circularity": 0.6}
 def trained(ray_local, workdir):
     from prism.train.driver import run_training
 
-    cfg = load_config(CIRCLES_JOB, ["tracking.experiment=learns", "train.storage_path=" + str(workdir / "runs")])
+    cfg = load_config(CIRCLES_JOB, [*LEARN, "train.storage_path=" + str(workdir / "runs")])
     outcome = run_training(cfg, job_file=str(CIRCLES_JOB))
     return cfg, outcome
 
@@ -114,8 +120,7 @@ def test_worse_model_does_not_take_champion(trained, workdir):
     client = mlflow.MlflowClient()
     before = max(int(v.version) for v in client.search_model_versions("name='circles'"))
     worse = load_config(CIRCLES_JOB, [
-        "tracking.experiment=learns", "train.storage_path=" + str(workdir / "runs"),
-        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]",
+        *LEARN_DATA, "train.storage_path=" + str(workdir / "runs"), "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]",
     ])
     o2 = run_training(worse)  # the same data and split as the champion: comparable, and worse
     assert int(o2.model_version) == before + 1 and not o2.promoted

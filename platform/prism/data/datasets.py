@@ -144,7 +144,7 @@ def split_labels(cfg: JobConfig, task: Task, use_ray: bool = True) -> Split:
     csv = resolve_labels_csv(cfg)
     table = read_label_table(csv, d.image_column, task.label_columns(), task.unknown_labels, d.on_bad_rows,
                              image_root=resolve_image_root(cfg))
-    if d.check_images:
+    if d.check_images and d.labels_path() is not None:  # synthetic data is written by our own generator
         table = _check_images(table, d.on_bad_rows, str(csv), use_ray)
     if len(table.rows) < 2:
         raise ValueError(f"{csv}: fewer than 2 usable rows after dropping {len(table.skipped)} bad ones")

@@ -24,7 +24,7 @@ from prism._ray import ensure_ray
 from prism._schema import ConfigError
 from prism.bundle import BUNDLE_FILES
 from prism.config import JobConfig
-from prism.console import train_logging_config
+from prism.console import train_logging_config, verbose
 from prism.train.callbacks import MlflowEpochLogger
 from prism.train.loop import train_loop_per_worker
 
@@ -91,7 +91,7 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"),
                            "resume_from": None if resume_from is None else str(Path(resume_from).resolve()),
-                           "val_fingerprint": val_fingerprint},
+                           "val_fingerprint": val_fingerprint, "verbose": verbose()},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         datasets=datasets,

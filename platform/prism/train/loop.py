@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from prism._distributed import all_reduce_sum
 from prism.config import JobConfig
+from prism.console import quiet_train_worker
 from prism.train.checkpoint import load_checkpoint, save_checkpoint
 from prism.train.precision import autocast, resolve_amp
 from prism.train.state import TrainState, is_better
@@ -114,6 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from prism.adapters import apply_stage, trainable_names_union, trainable_report
     from prism.tasks import build_task
 
+    quiet_train_worker(bool(config.get("verbose")))
     cfg = JobConfig.model_validate(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
