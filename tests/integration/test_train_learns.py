@@ -24,9 +24,14 @@ LEARN_DATA = ["data.synthetic.n=1200", "data.batch_size=16", "tracking.experimen
 LEARN = [*LEARN_DATA, "stages=[{kind: probe, epochs: 1, lr: {head: 3.0e-3}}, {kind: lora, epochs: 1, lr: "
          "{head: 2.0e-3, lora: 2.0e-3}}, {kind: unfreeze, epochs: 14, blocks: all, lr: {head: 2.0e-3, lora: "
          "2.0e-3, backbone: 2.0e-3}}]"]
-# Held-out accuracy each head must reach at the registered epoch (chance: 1/3, 1/2, 1/2), well below the
-# worst of 5 fresh runs (see the module's note in docs/tasks/multihead.md).
-THRESHOLDS = {"presence": 0.6, "closure": 0.6, "circularity": 0.6}
+# Held-out accuracy each head must reach at the registered epoch (chance: 1/3, 1/2, 1/2), below the worst
+# of 5 fresh runs of this job with train.seed 0..4 (presence / closure / circularity at the best epoch):
+#   seed 0: 0.767 / 0.945 / 0.755   seed 1: 0.729 / 0.656 / 0.767   seed 2: 0.571 / 0.669 / 0.699
+#   seed 3: 0.700 / 0.669 / 0.748   seed 4: 0.483 / 0.626 / 0.675 (the unfreeze stage at 2e-3 without warmup
+#   diverged and never beat epoch 4). Closure (a gap in the stroke) is learnt last; the demo's full job
+# (2,400 images, 25 epochs) reached 0.798 / 0.991 / 0.803. This test runs seed 0, and a rerun with one
+# seed gives the same curve (tested below), so it sits far above these thresholds, not at the edge.
+THRESHOLDS = {"presence": 0.43, "closure": 0.58, "circularity": 0.62}
 
 
 @pytest.fixture(scope="module")
