@@ -169,8 +169,6 @@ def test_a_rerun_gives_the_same_curve(short_run, workdir):
     keys = ["train/loss", "val/loss", "val/presence/accuracy", "val/macro_f1"]
     for h_again, h_first in zip(again.history, short_run.history, strict=True):
         assert [h_again[k] for k in keys] == pytest.approx([h_first[k] for k in keys], rel=1e-6)
-    other = run_training(load_config(CIRCLES_JOB, [*SHORT, "train.seed=1", "train.storage_path=" + str(workdir / "runs3")]))
-    assert other.history[0]["train/loss"] != short_run.history[0]["train/loss"]  # the seed is what fixed it
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def test_reconfigure_loads_the_alias_and_applies_batch_settings(champion_v1):
     info = served.loaded().info
     assert (info.name, info.version, info.alias, info.resolved_uri) == (
         MODEL_NAME, 1, "champion", f"models:/{MODEL_NAME}/1")
-    assert (info.metric, info.metric_value, info.task, info.img_size) == ("val/macro_f1", 0.5, "multihead", 56)
+    assert (info.metric, info.metric_value, info.task, info.img_size) == ("val/macro_f1", 0.5, "multihead", 64)
     assert info.run_id and "champion" in info.aliases
     assert (served.batcher.max_batch_size, served.batcher.batch_wait_timeout_s) == (5, 0.25)
     served.check_health()
@@ -98,7 +98,7 @@ def test_run_batch_stacks_uint8_and_matches_the_predictor(champion_v1, tmp_path)
 
     predictor.predict_arrays = record
     got = run_batch(predictor, images, [True, False, True])
-    assert seen == [((1, 56, 56, 3), np.uint8, False), ((2, 56, 56, 3), np.uint8, True)]
+    assert seen == [((1, 64, 64, 3), np.uint8, False), ((2, 64, 64, 3), np.uint8, True)]
     for path, result, tta in zip(paths, got, [True, False, True], strict=True):
         (expected,) = predictor.predict([str(path)], tta=tta)
         for head in ("presence", "closure", "circularity"):
