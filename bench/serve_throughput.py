@@ -207,7 +207,7 @@ def main() -> None:
     torch.set_num_threads(driver_threads)
     print("direct", {c: round(d["images_per_s"], 1) for c, d in direct.items()}, "images/s", flush=True)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve_runs: dict[str, dict[int, dict[str, float]]] = {}
     deploy_s: dict[str, float] = {}
     try:

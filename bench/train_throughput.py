@@ -154,7 +154,7 @@ def main() -> None:
     rows = pd.concat([table.rows[["path"]], pd.DataFrame(task.encode_labels(table.rows))], axis=1)
     train_df, _ = split_table(rows, task.stratify_key(table.rows), cfg.data.val_fraction, cfg.data.split_seed)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     one_rates, one_wall = ray_train(cfg, epochs, workers=1, cpus_per_worker=1.0)
     plain_rates, plain_wall = plain_loop(cfg, train_df, epochs)

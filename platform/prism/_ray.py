@@ -13,7 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """``ray.init`` once: the running cluster when ``RAY_ADDRESS`` is set, an embedded local Ray otherwise."""
+    """``ray.init`` once: the running cluster when ``RAY_ADDRESS`` is set, an embedded local Ray otherwise.
+
+    The local one is always new (``address="local"``): a bare ``ray.init()`` would silently join any
+    cluster that ``ray start`` left running on this machine, someone else's jobs and resources included.
+    """
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -24,4 +28,4 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
         quiet_ray_data()  # before ray.init: the local workers inherit this environment
         log.info("no RAY_ADDRESS: starting a local Ray in this process")
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)

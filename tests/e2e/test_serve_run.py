@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from tests.conftest import ROOT
 from tests.e2e.conftest import BIN
 from tests.helpers.images import sample_images
 from tests.helpers.mlflow_store import registry
+from tests.helpers.ray_procs import free_port, private_ray_tmp, ray_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
 
@@ -38,12 +37,6 @@ HEADS = ("presence", "closure", "circularity")
 READY_S = 240  # Ray start, Serve start, replica start and model load on a busy 2-CPU machine
 STOP_S = 60
 TAIL = 80  # lines of the command's output shown when something fails
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -61,15 +54,7 @@ class ServeRun:
 
     def ray_processes(self) -> list[psutil.Process]:
         """Live processes of this command's Ray (their command lines name its private temp dir)."""
-        mark = str(self.ray_tmp)
-        found = []
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if any(mark in part for part in p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return found
+        return ray_processes(self.ray_tmp)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +93,7 @@ def _stop(run: ServeRun) -> list[str]:
 @pytest.fixture(scope="module")
 def served(project) -> Iterator[ServeRun]:
     folder, port, _ = project
-    ray_tmp = Path(tempfile.mkdtemp(prefix="prism-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
+    ray_tmp = private_ray_tmp()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_TMPDIR=str(ray_tmp),
                RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")

@@ -4,19 +4,23 @@
   and resolving (nothing loads the weights); ``tag`` is written into ``weights_sha256`` so versions can be
   told apart after a round trip (:func:`sha_of`).
 - :func:`fabricate_bundle`: a loadable bundle of ``jobs/circles.yaml`` on the job's tiny backbone at 64 px whose
-  LoRA B and head weights are drawn from ``seed`` (two seeds give visibly different predictions).
+  LoRA B and head weights are drawn from ``seed`` (two seeds give visibly different predictions);
+  :func:`build_bundle` also returns the model it saved and the names of the saved parameters.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tests.conftest import CIRCLES_JOB
 
-__all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "fabricate_bundle", "make_bundle", "sha_of"]
+__all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "Fabricated", "build_bundle", "fabricate_bundle", "make_bundle",
+           "sha_of"]
 
 BUNDLE_FILES = {"backbone.json", "config.yaml", "labels.json", "weights.safetensors"}
 IMG_SIZE = 64
@@ -41,21 +45,36 @@ def sha_of(bundle: Path) -> str:
     return json.loads((Path(bundle) / "backbone.json").read_text())["weights_sha256"]
 
 
-def fabricate_bundle(path: Path, seed: int) -> Path:
-    """A loadable bundle in ``path``: the circles job on the job's tiny backbone at 64 px, LoRA B and heads from ``seed``."""
+@dataclass
+class Fabricated:
+    path: Path
+    model: nn.Module  # in eval mode, as saved
+    names: list[str]  # sorted names of the parameters in the weights file
+
+
+def build_bundle(path: Path, seed: int = 0, std: float = 0.5, plan: str = PLAN) -> Fabricated:
+    """Write a bundle of the circles job (tiny backbone, 64 px, stage ``plan``) into ``path``, as training
+    would; LoRA B and the heads are drawn from N(0, ``std``) with ``seed``, so the adapters change predictions."""
     from prism.adapters import save_adapted, trainable_names_union
     from prism.bundle import WEIGHTS_FILE, write_bundle_meta
     from prism.config import load_config
     from prism.tasks import build_task
 
-    cfg = load_config(CIRCLES_JOB, [PLAN, f"backbone.img_size={IMG_SIZE}"])
+    cfg = load_config(CIRCLES_JOB, [plan, f"backbone.img_size={IMG_SIZE}"])
     task = build_task(cfg)
     model = task.build_model()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name or name.startswith("heads."):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    names = sorted(trainable_names_union(model, cfg.stages))
+    path.mkdir(parents=True, exist_ok=True)
     write_bundle_meta(path, cfg, task, model)
-    save_adapted(path / WEIGHTS_FILE, model, sorted(trainable_names_union(model, cfg.stages)))
-    return path
+    save_adapted(path / WEIGHTS_FILE, model, names)
+    return Fabricated(path, model.eval(), names)
+
+
+def fabricate_bundle(path: Path, seed: int) -> Path:
+    """A loadable bundle in ``path`` (:func:`build_bundle` with LoRA B and heads from ``seed``)."""
+    return build_bundle(path, seed).path

@@ -7,17 +7,12 @@ network, a fraction of a second each.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from prism.adapters import add_lora, save_adapted, trainable_names_union
+from prism.adapters import add_lora
 from prism.backbones import create_backbone
-from prism.bundle import WEIGHTS_FILE, write_bundle_meta
-from prism.config import load_config
-from prism.tasks import build_task
-from tests.conftest import CIRCLES_JOB
 
 TIMM = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny"]
 ALL = [*TIMM, "clip_tiny"]
@@ -102,29 +97,3 @@ def trainable(model: nn.Module) -> set[str]:
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-# ---------------------------------------------------------------------------------------------- bundles
-TWO_STAGE_PLAN = (
-    "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
-)
-BUNDLE_IMG_SIZE = 64
-
-
-def write_circles_bundle(folder: Path, plan: str = TWO_STAGE_PLAN) -> tuple[nn.Module, list[str]]:
-    """Write a bundle of the circles job (tiny backbone, 64 px) into `folder`, as training would.
-
-    LoRA B and the heads are drawn from N(0, 0.05) so that the adapters change predictions. Returns the
-    model in eval mode and the sorted names of the parameters saved in the weights file.
-    """
-    cfg = load_config(CIRCLES_JOB, [plan, f"backbone.img_size={BUNDLE_IMG_SIZE}"])
-    task = build_task(cfg)
-    model = task.build_model()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n or n.startswith("heads."):
-                p.normal_(0, 0.05)
-    names = sorted(trainable_names_union(model, cfg.stages))
-    write_bundle_meta(folder, cfg, task, model)
-    save_adapted(folder / WEIGHTS_FILE, model, names)
-    return model.eval(), names

@@ -1,4 +1,4 @@
-"""Integration tests share one local Ray (2 CPUs) per module and run in a scratch working folder."""
+"""Integration tests share the session's local Ray (2 CPUs) and run in a scratch working folder per module."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    yield ray
-    ray.shutdown()
+def ray_local(ray_session):
+    return ray_session
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 from sklearn.metrics import accuracy_score
 
 from prism.config import load_config
+from prism.tracking.registry import METRIC_VALUE_TAG, VAL_FINGERPRINT_TAG
 from tests.conftest import CIRCLES_JOB
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -118,61 +119,19 @@ def test_predictor_from_registry_agrees_with_labels(trained, workdir):
         assert (r["closure"]["prediction"] == "na") == (r["presence"]["prediction"] == "no_circle")
 
 
-def test_worse_model_does_not_take_champion(trained, workdir):
-    from prism.train.driver import run_training
-
-    cfg, o = trained
-    client = mlflow.MlflowClient()
-    before = max(int(v.version) for v in client.search_model_versions("name='circles'"))
-    worse = load_config(CIRCLES_JOB, [
-        *LEARN_DATA, "train.storage_path=" + str(workdir / "runs"), "stages=[{kind: probe, epochs: 1, lr: {head: 1e-5}}]",
-    ])
-    o2 = run_training(worse)  # the same data and split as the champion: comparable, and worse
-    assert int(o2.model_version) == before + 1 and not o2.promoted
-    mv = client.get_model_version_by_alias("circles", "champion")
-    assert str(mv.version) == o.model_version
-
-
+# A short run on 60 images of which 3 are bad (skipped and counted, data.on_bad_rows: skip), registered as
+# SHORT_MODEL: resumed, rerun and checked for its skipped rows by the tests below.
+SHORT_MODEL = "circles-short"
 SHORT = [
-    "tracking.experiment=resume", "tracking.model_name=null", "data.synthetic.n=120", "backbone.img_size=64",
-    "train.checkpoints_to_keep=5",
+    "tracking.experiment=short", f"tracking.model_name={SHORT_MODEL}", "data.on_bad_rows=skip",
+    "backbone.img_size=64", "train.checkpoints_to_keep=5",
     "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]",
 ]
 
 
 @pytest.fixture(scope="module")
-def short_run(ray_local, workdir):
-    from prism.train.driver import run_training
-
-    return run_training(load_config(CIRCLES_JOB, [*SHORT, "train.storage_path=" + str(workdir / "runs")]))
-
-
-def test_resume_continues_after_the_checkpoint(short_run, workdir):
-    from prism.train.driver import run_training
-
-    first = short_run
-    start = Path(first.best_checkpoint).parent / "epoch_0001"
-    state = json.loads((start / "state.json").read_text())
-    assert (state["stage_index"], state["epoch_in_stage"], state["epoch"]) == (1, 0, 1)  # next: stage 2
-    resumed = run_training(load_config(CIRCLES_JOB, [*SHORT, "train.storage_path=" + str(workdir / "runs"),
-                                                     f"train.resume_from={start}"]))
-    assert [int(h["epoch"]) for h in resumed.history] == [1, 2]
-    assert resumed.history[0] == pytest.approx(first.history[0])  # epoch 1 carried over, not re-run
-    assert int(resumed.history[1]["stage_index"]) == 1
-
-
-def test_a_rerun_gives_the_same_curve(short_run, workdir):
-    """train.seed fixes model init, the per-epoch shuffle and every row's augmentation (1 worker)."""
-    from prism.train.driver import run_training
-
-    again = run_training(load_config(CIRCLES_JOB, [*SHORT, "train.storage_path=" + str(workdir / "runs2")]))
-    keys = ["train/loss", "val/loss", "val/presence/accuracy", "val/macro_f1"]
-    for h_again, h_first in zip(again.history, short_run.history, strict=True):
-        assert [h_again[k] for k in keys] == pytest.approx([h_first[k] for k in keys], rel=1e-6)
-
-
-@pytest.fixture(scope="module")
 def bad_data(workdir):
+    """60 synthetic circles; row 0 undecodable, row 1 a missing file, row 2 an unknown label."""
     from prism.data.synth import SYNTH_GENERATORS
 
     root = SYNTH_GENERATORS["circles"](workdir / "bad", n=60, size=64, seed=5, progress=False)
@@ -182,6 +141,66 @@ def bad_data(workdir):
     labels.loc[2, "presence"] = "oval"                                     # unknown label
     labels.to_csv(root / "labels.csv", index=False)
     return root
+
+
+def short_config(bad_data: Path, *overrides: str):
+    return load_config(CIRCLES_JOB, [*SHORT, f"data.root={bad_data}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def short_run(ray_local, workdir, bad_data):
+    from prism.train.driver import run_training
+
+    return run_training(short_config(bad_data, "train.storage_path=" + str(workdir / "runs")))
+
+
+def test_skipped_rows_are_counted_and_logged(short_run):
+    client = mlflow.MlflowClient()
+    run = client.get_run(short_run.run_id)
+    assert run.data.metrics["data/skipped_rows"] == 3
+    assert int(run.data.params["data.n_train"]) + int(run.data.params["data.n_val"]) == 57
+    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{short_run.run_id}/data/skipped_rows.csv"))
+    reasons = " ".join(skipped["reason"])
+    assert "file not found" in reasons and "presence='oval'" in reasons and "UnidentifiedImageError" in reasons
+
+
+def test_resume_continues_after_the_checkpoint(short_run, workdir, bad_data):
+    from prism.train.driver import run_training
+
+    first = short_run
+    start = Path(first.best_checkpoint).parent / "epoch_0001"
+    state = json.loads((start / "state.json").read_text())
+    assert (state["stage_index"], state["epoch_in_stage"], state["epoch"]) == (1, 0, 1)  # next: stage 2
+    # a checkpoint of a later stage knows its stage too (it once said stage 1: a resume re-ran stage 2)
+    last = json.loads((start.parent / "epoch_0002" / "state.json").read_text())
+    assert (last["stage_index"], last["epoch_in_stage"], last["epoch"]) == (2, 0, 2)  # the plan is done
+    resumed = run_training(short_config(bad_data, "train.storage_path=" + str(workdir / "runs"),
+                                        f"train.resume_from={start}", "tracking.model_name=null"))
+    assert [int(h["epoch"]) for h in resumed.history] == [1, 2]
+    assert resumed.history[0] == pytest.approx(first.history[0])  # epoch 1 carried over, not re-run
+    assert int(resumed.history[1]["stage_index"]) == 1
+
+
+def test_a_rerun_gives_the_same_curve_and_does_not_take_champion(short_run, workdir, bad_data):
+    """train.seed fixes model init, the per-epoch shuffle and every row's augmentation (1 worker), so the
+    rerun's curve is the first run's. Its registered version scores the same on the same validation split,
+    which is no improvement: the champion alias stays on the first version."""
+    from prism.train.driver import run_training
+
+    again = run_training(short_config(bad_data, "train.storage_path=" + str(workdir / "runs2")))
+    keys = ["train/loss", "val/loss", "val/presence/accuracy", "val/macro_f1"]
+    for h_again, h_first in zip(again.history, short_run.history, strict=True):
+        assert [h_again[k] for k in keys] == pytest.approx([h_first[k] for k in keys], rel=1e-6)
+
+    assert (short_run.model_version, short_run.promoted) == ("1", True)
+    assert again.best_metric == pytest.approx(short_run.best_metric)
+    assert (again.model_version, again.promoted) == ("2", False)
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias(SHORT_MODEL, "champion").version == "1"
+    # not moved because it ties, not because the versions were scored on different splits
+    first_tags, again_tags = (client.get_model_version(SHORT_MODEL, v).tags for v in ("1", "2"))
+    assert first_tags[VAL_FINGERPRINT_TAG] == again_tags[VAL_FINGERPRINT_TAG]
+    assert float(first_tags[METRIC_VALUE_TAG]) == pytest.approx(float(again_tags[METRIC_VALUE_TAG]))
 
 
 def test_bad_rows_fail_naming_the_undecodable_file(ray_local, bad_data):
@@ -200,21 +219,3 @@ def test_bad_rows_fail_naming_the_undecodable_file(ray_local, bad_data):
     cfg = load_config(CIRCLES_JOB, [f"data.root={bad_data}", f"data.labels={clean}", "backbone.img_size=64"])
     with pytest.raises(BadRowsError, match=r"line 2: images/00000.png: cannot decode|UnidentifiedImageError"):
         build_task(cfg).build_datasets(64)
-
-
-def test_skipped_rows_are_counted_and_logged(ray_local, workdir, bad_data):
-    from prism.train.driver import run_training
-
-    cfg = load_config(CIRCLES_JOB, [
-        f"data.root={bad_data}", "data.on_bad_rows=skip", "backbone.img_size=64", "tracking.model_name=null",
-        "tracking.experiment=badrows", "train.storage_path=" + str(workdir / "runs"),
-        "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}]",
-    ])
-    o = run_training(cfg)
-    client = mlflow.MlflowClient()
-    run = client.get_run(o.run_id)
-    assert run.data.metrics["data/skipped_rows"] == 3
-    assert int(run.data.params["data.n_train"]) + int(run.data.params["data.n_val"]) == 57
-    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{o.run_id}/data/skipped_rows.csv"))
-    reasons = " ".join(skipped["reason"])
-    assert "file not found" in reasons and "presence='oval'" in reasons and "UnidentifiedImageError" in reasons

@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from prism.bundle import WEIGHTS_FILE, load_bundle
-from tests.helpers.models import write_circles_bundle
+from tests.helpers.bundles import build_bundle
 
 
 @pytest.fixture
 def bundle(tmp_path):
     """(folder, model in eval mode, names of the saved parameters) of a circles bundle after "training"."""
-    model, names = write_circles_bundle(tmp_path)
-    return tmp_path, model, names
+    made = build_bundle(tmp_path, std=0.05)
+    return tmp_path, made.model, made.names
 
 
 def test_bundle_holds_only_adapted_weights_and_round_trips(bundle):

@@ -23,6 +23,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 
 
+# (vCPUs, GPUs) of the AWS instance types cluster.yaml uses, from AWS's instance type pages.
+AWS_INSTANCES = {"m5.2xlarge": (8, 0), "g5.2xlarge": (8, 1), "g5.12xlarge": (48, 4), "g5.48xlarge": (192, 8),
+                 "p4d.24xlarge": (96, 8)}
+
+
+def _vcpus(instance_type: str) -> int:
+    assert instance_type in AWS_INSTANCES, f"{instance_type}: add its vCPUs and GPUs to AWS_INSTANCES"
+    return AWS_INSTANCES[instance_type][0]
+
+
 @pytest.fixture(scope="module")
 def raw() -> dict:
     return yaml.safe_load(CLUSTER_YAML.read_text())
@@ -107,7 +117,8 @@ def test_head_node_type_exists(cfg):
 def test_head_is_cpu_only_and_never_scaled(cfg):
     head = _head(cfg)
     assert head["resources"].get("GPU", 0) == 0
-    assert head["resources"].get("CPU", 0) >= 0
+    # some CPU for drivers and Ray Data decode tasks, with vCPUs left over for GCS, MLflow and the proxy
+    assert 0 < head["resources"]["CPU"] < _vcpus(head["node_config"]["InstanceType"])
     assert head.get("max_workers", 0) == 0 and head.get("min_workers", 0) == 0
 
 
@@ -119,6 +130,8 @@ def test_worker_types_have_gpus_and_scale_from_zero(cfg):
     assert gpus[0] == 1 and gpus[-1] >= 4, f"expect a 1-GPU type and a 4- or 8-GPU type: {gpus}"
     for name, w in workers.items():
         assert w["resources"].get("CPU", 0) >= 1, name
+        vcpus, instance_gpus = AWS_INSTANCES[w["node_config"]["InstanceType"]]
+        assert w["resources"]["CPU"] <= vcpus and w["resources"]["GPU"] == instance_gpus, name
         assert w.get("min_workers") == 0, f"{name}: GPU types must not idle (min_workers 0)"
         assert 1 <= w["max_workers"] <= cfg["max_workers"], name
 

@@ -114,19 +114,8 @@ def test_decode_image_min_side_ignored_for_png(images):
     assert decode_image(read_bytes(images["rgba.png"]), min_side=8).size == (120, 90)
 
 
-@pytest.fixture(scope="module")
-def ray_2cpu():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.ray
-def test_build_datasets_splits_into_parallel_blocks(ray_2cpu, tmp_path, monkeypatch):
+def test_build_datasets_splits_into_parallel_blocks(ray_session, tmp_path, monkeypatch):
     # from_pandas(df) alone is ONE block: one decode task on one core, nothing streamed until all is decoded
     from prism.config import load_config
     from prism.data import build_datasets

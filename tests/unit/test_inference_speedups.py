@@ -11,13 +11,13 @@ from torch import nn
 
 from prism.adapters import has_lora, merge_lora
 from prism.bundle import load_bundle
-from tests.helpers.models import write_circles_bundle
+from tests.helpers.bundles import build_bundle
 
 
 @pytest.fixture
 def bundle(tmp_path):
     """A bundle of the circles job (tiny backbone, 64 px) whose LoRA and heads are non-trivial."""
-    write_circles_bundle(tmp_path)
+    build_bundle(tmp_path, std=0.05)
     return tmp_path
 
 

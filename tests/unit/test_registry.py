@@ -9,28 +9,14 @@ import mlflow
 import mlflow.artifacts
 import pytest
 
-from prism.tracking import configure_tracking, promote_if_better, register_bundle, set_alias
+from prism.tracking import promote_if_better, register_bundle, set_alias
 from tests.helpers.bundles import BUNDLE_FILES, make_bundle
-from tests.helpers.mlflow_store import PIP, Store, mlflow_store, new_run
+from tests.helpers.mlflow_store import PIP, new_run
 
 EXPERIMENT = "prism-unit"
 
 # MLflow's own SQLAlchemy store triggers this at start-up; nothing in prism can change it.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    with mlflow_store(tmp_path_factory.mktemp("store"), EXPERIMENT) as s:
-        yield s
-
-
-@pytest.fixture
-def tracking(store) -> Store:
-    configure_tracking(store.uri)
-    yield store
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 @pytest.mark.parametrize(

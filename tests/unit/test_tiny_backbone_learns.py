@@ -2,7 +2,8 @@
 
 scikit-learn ships 1,797 real scanned handwritten digits (8 x 8, 10 classes). Logistic regression on the raw
 pixels reaches about 0.96 on a held-out fifth; ``dinov2_tiny_conv`` trained from scratch for a few CPU
-epochs must beat it (measured: 0.983 after 10 epochs, 0.992 after 30). The plain ViT patch embedding of
+epochs must beat it (measured at 32 px, 2 x 2 tokens: 0.994 after these 12 epochs, against 0.958; at 64 px
+0.983 after 10 and 0.992 after 30, four times the compute). The plain ViT patch embedding of
 ``dinov2_tiny`` is far behind on data like this — hence the conv stem.
 """
 
@@ -21,7 +22,7 @@ from prism.backbones import create_backbone
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
+SIZE = 32  # the smallest input the conv stem takes (2 x patch 16); digits are 8 x 8
 EPOCHS = 12
 
 

@@ -15,7 +15,6 @@ import yaml
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from prism.tracking import (
-    configure_tracking,
     flatten_params,
     log_epoch,
     log_figure,
@@ -24,24 +23,9 @@ from prism.tracking import (
     tag_stages,
 )
 from prism.tracking.plots import stage_spans
-from tests.helpers.mlflow_store import Store, mlflow_store
 
 # MLflow's own SQLAlchemy store triggers this at start-up; nothing in prism can change it.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    with mlflow_store(tmp_path_factory.mktemp("store")) as s:
-        yield s
-
-
-@pytest.fixture
-def tracking(store) -> Store:
-    configure_tracking(store.uri)
-    yield store
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["Batcher"]
+__all__ = ["BatchStats", "Batcher"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,24 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R] = field(repr=False)
 
 
+@dataclass
+class BatchStats:
+    """What one batcher has run since it was created: how full its batches were under the load it saw."""
+
+    batches: int = 0
+    items: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)  # batch size → number of batches of that size
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.sizes[size] += 1
+
+    @property
+    def mean_size(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
 class Batcher(Generic[T, R]):
     """Collects items submitted one at a time and hands them to ``fn`` as lists (see the module docstring).
 
@@ -52,7 +71,9 @@ class Batcher(Generic[T, R]):
             idle; 0 runs whatever is queued as soon as ``fn`` is free.
 
     One consumer task per event loop, started by the first :meth:`submit` on that loop (a replica has one
-    loop; tests may run several ``asyncio.run``), so ``fn`` never runs twice at the same time.
+    loop; tests may run several ``asyncio.run``), so ``fn`` never runs twice at the same time. Waits are
+    measured with the loop's own clock (``loop.time()``, its timers), so a loop with virtual time runs
+    the same logic without real waits. :attr:`stats` counts the batches run (failed ones included).
     """
 
     def __init__(self, fn: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch_size: int = 16,
@@ -63,6 +84,7 @@ class Batcher(Generic[T, R]):
         self.configure(max_batch_size, batch_wait_timeout_s)
         self._queue: asyncio.Queue[_Pending[T, R]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.stats = BatchStats()
 
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         """New limits; they apply from the next batch on (a running batch is not touched)."""
@@ -127,6 +149,7 @@ class Batcher(Generic[T, R]):
                 p.future.cancel()
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
+        self.stats.record(len(batch))
         try:
             results = list(await self._fn([p.item for p in batch]))
             if len(results) != len(batch):

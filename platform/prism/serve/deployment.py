@@ -6,6 +6,7 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     GET  /healthz   {"status": "ok", "model": "circles v3"}
     GET  /models    the served version: name, version, alias, run_id, metric, …  (ModelInfo)
     GET  /settings  the replica's ServeSettings (user_config): limits, batching, defaults
+    GET  /stats     the replica's batches so far: count, images, size histogram (BatchingStats)
     POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
                     (off unless user_config reload.enabled; Authorization: Bearer <token> if reload.token_env)
 
@@ -33,6 +34,7 @@ from prism.serve.payload import read_payload
 from prism.serve.schemas import (
     PREDICT_OPENAPI,
     PREDICT_RESPONSES,
+    BatchingStats,
     ErrorBody,
     Health,
     ModelInfo,
@@ -109,6 +111,11 @@ class Classifier(ServedModel):
     async def current_settings(self) -> ServeSettings:
         """The settings this replica applies (its ``user_config``): limits, batching, request defaults."""
         return self.settings
+
+    @api.get("/stats", response_model=BatchingStats)
+    async def stats(self) -> BatchingStats:
+        """This replica's batches since it started: how many, how many images, how full (size histogram)."""
+        return self.batching_stats()
 
     @api.post("/reload", response_model=ReloadResult,
               responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 502: {"model": ErrorBody}})

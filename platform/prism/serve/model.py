@@ -34,7 +34,7 @@ from PIL import Image
 from prism.serve.batching import Batcher
 from prism.serve.errors import RequestError
 from prism.serve.images import open_checked
-from prism.serve.schemas import ModelInfo
+from prism.serve.schemas import BatchingStats, ModelInfo
 from prism.serve.settings import ServeSettings
 
 if TYPE_CHECKING:  # torch is imported by the replicas, not where the app is built
@@ -213,6 +213,12 @@ class ServedModel:
         images, ttas = [im for im, _ in items], [t for _, t in items]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._model_thread, run_batch, predictor, images, ttas)
+
+    def batching_stats(self) -> BatchingStats:
+        """The batcher's counts so far (``GET /stats``)."""
+        stats = self.batcher.stats
+        return BatchingStats(batches=stats.batches, images=stats.items, mean_batch_size=stats.mean_size,
+                             batch_sizes=dict(sorted(stats.sizes.items())))
 
     async def predict_images(self, images: list[np.ndarray], tta: bool) -> list[dict[str, Any]]:
         """Prepared images (:meth:`prepare`) → results (without names), in order; batched with other callers' images."""

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "BatchingStats",
     "ErrorBody",
     "Health",
     "ModelInfo",
@@ -81,6 +82,17 @@ class ModelInfo(BaseModel):
     task: str
     img_size: int
     loaded_at: str = Field(description="ISO 8601, UTC")
+
+
+class BatchingStats(BaseModel):
+    """``GET /stats``: the batches this replica ran since it started, to see how full they get under load
+    (and so whether ``max_batch_size`` / ``batch_wait_timeout_s`` fit the traffic)."""
+
+    batches: int = Field(description="batches run, failed ones included")
+    images: int = Field(description="images in those batches")
+    mean_batch_size: float
+    batch_sizes: dict[int, int] = Field(description="batch size → number of batches of that size",
+                                        examples=[{1: 12, 4: 30, 8: 5}])
 
 
 class Health(BaseModel):

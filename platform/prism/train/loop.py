@@ -135,6 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                  f"epoch {state.epoch_in_stage} of that stage")
 
     for si in range(state.stage_index, len(cfg.stages)):
+        state.stage_index = si  # what each checkpoint's position (next_position) is computed from
         stage = cfg.stages[si]
         groups = apply_stage(model, stage)
         params = [p for g in groups for p in g["params"]]
