@@ -40,7 +40,7 @@ def ray_processes(ray_tmp: Path) -> list[psutil.Process]:
     return found
 
 
-def stop_ray_processes(ray_tmp: Path, timeout: float = 30.0) -> list[str]:
+def stop_ray_processes(ray_tmp: Path, timeout: float = 10.0) -> list[str]:
     """SIGTERM to that Ray's processes, SIGKILL to what is left after ``timeout``; returns the killed ones."""
     procs = ray_processes(ray_tmp)
     for p in procs:

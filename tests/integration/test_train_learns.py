@@ -196,7 +196,7 @@ def test_a_rerun_gives_the_same_curve_and_does_not_take_champion(short_run, work
     assert again.best_metric == pytest.approx(short_run.best_metric)
     assert (again.model_version, again.promoted) == ("2", False)
     client = mlflow.MlflowClient()
-    assert client.get_model_version_by_alias(SHORT_MODEL, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(SHORT_MODEL, "champion").version) == "1"
     # not moved because it ties, not because the versions were scored on different splits
     first_tags, again_tags = (client.get_model_version(SHORT_MODEL, v).tags for v in ("1", "2"))
     assert first_tags[VAL_FINGERPRINT_TAG] == again_tags[VAL_FINGERPRINT_TAG]
