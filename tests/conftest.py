@@ -33,13 +33,11 @@ def ray_session():
     finds every Ray on the machine (a ``serve run`` or ``ray start`` of another test, a developer's
     cluster) and fails, or asks the wrong one, is told "no such actor" and tears down a healthy run.
     """
-    import socket
-
     import ray
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from tests.helpers.ray_procs import free_port
+
+    port = free_port()
     saved = os.environ.get("RAY_API_SERVER_ADDRESS")
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=True)

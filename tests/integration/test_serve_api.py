@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from prism.tracking import set_alias
 from tests.conftest import ROOT
 from tests.helpers.images import bomb_png, sample_images
 from tests.helpers.mlflow_store import MODEL_NAME, registry
+from tests.helpers.ray_procs import free_port
 
 pytestmark = [
     pytest.mark.ray,
@@ -45,12 +45,6 @@ MAX_BYTES = 512 * 1024
 TIMEOUT = 60
 TOKEN_ENV, TOKEN = "PRISM_RELOAD_TOKEN", "integration-token"  # the replicas get it through runtime_env
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(size: tuple[int, int]) -> bytes:

@@ -46,14 +46,18 @@ class _Pending(Generic[T, R]):
 class BatchStats:
     """What one batcher has run since it was created: how full its batches were under the load it saw."""
 
-    batches: int = 0
-    items: int = 0
     sizes: Counter[int] = field(default_factory=Counter)  # batch size → number of batches of that size
 
     def record(self, size: int) -> None:
-        self.batches += 1
-        self.items += size
         self.sizes[size] += 1
+
+    @property
+    def batches(self) -> int:
+        return sum(self.sizes.values())
+
+    @property
+    def items(self) -> int:
+        return sum(size * n for size, n in self.sizes.items())
 
     @property
     def mean_size(self) -> float:
