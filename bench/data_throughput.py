@@ -2,7 +2,7 @@
 
 Prism's side is what ``prism.data.build_datasets`` builds for the validation split (read + decode + bicubic
 resize in Ray Data ``map_batches``), consumed with ``iter_torch_batches(batch_size=32)`` and normalised with
-``prism.tasks._images.to_model_input``, exactly as training's validation consumes it. The reference is a
+``prism.engine.inputs.to_model_input``, exactly as training's validation consumes it. The reference is a
 ``torch.utils.data.DataLoader(num_workers=2, batch_size=32)`` over a ``Dataset`` doing PIL open → RGB →
 bicubic resize → tensor → normalise (same size, mean and std) on the same files.
 
@@ -95,7 +95,7 @@ def _epoch(batches, to_input) -> dict[str, float]:
 def prism_epoch(cfg, task, stats: bool) -> dict[str, float]:
     """One pass over Prism's validation dataset, normalised as training's validation does."""
     from prism.data import build_datasets
-    from prism.tasks._images import to_model_input
+    from prism.engine.inputs import to_model_input
 
     t0 = time.perf_counter()
     val = build_datasets(cfg, task, IMG_SIZE).val
@@ -191,7 +191,7 @@ def main() -> None:
             f"Ray dataset → map_batches(DecodeImages(224), batch_size=data.map_batch_size="
             f"{cfg.data.map_batch_size}) (full-resolution PIL decode → bicubic resize → uint8, as the Predictor) "
             f"— consumed with iter_torch_batches(batch_size={BATCH}) and normalised in the consuming process with "
-            "prism.tasks._images.to_model_input (uint8 BHWC → float BCHW), as training's validation does.",
+            "prism.engine.inputs.to_model_input (uint8 BHWC → float BCHW), as training's validation does.",
             f"Reference: torch DataLoader(num_workers=2, batch_size={BATCH}) over a Dataset doing PIL open → "
             f"convert('RGB') → resize(({IMG_SIZE}, {IMG_SIZE}), BICUBIC) → ToTensor → Normalize(mean, std) "
             "in the workers.",

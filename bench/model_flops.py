@@ -9,7 +9,7 @@ block) and measured three ways:
 * **plain timm**: ``timm.create_model("vit_*_patch14_dinov2")`` (same architecture, no wrapper, no LoRA)
   on the same batch, timed in alternation with the forward, to show what the wrapper costs;
 * **LoRA train step**: forward + backward + AdamW step with ``apply_stage(model, <lora stage>)``, as
-  ``prism.train.loop`` runs it, batch ``--train-batch``.
+  ``prism.engine.loop`` runs it, batch ``--train-batch``.
 
 FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCounterMode`` (it counts
 matmuls, convolutions and attention as 2 x multiply-accumulates; element-wise ops are not counted) and
@@ -123,8 +123,8 @@ def job_config(backbone: str, lora_last_k: int | None) -> Any:
 def predictor_model(cfg: Any, device: torch.device) -> tuple[Any, torch.nn.Module]:
     """(task, model) as ``Predictor.from_bundle`` returns them, via a bundle written to a temporary folder."""
     from prism.adapters import save_adapted, trainable_names_union
-    from prism.bundle import WEIGHTS_FILE, write_bundle_meta
-    from prism.predictor import Predictor
+    from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.inference.predictor import Predictor
     from prism.tasks import build_task
 
     task = build_task(cfg)
@@ -179,7 +179,7 @@ def measure_train_step(cfg: Any, device: torch.device, batch: int, repeats: int)
     """FLOPs per image and seconds of one LoRA training step (forward, loss, backward, AdamW step)."""
     from prism.adapters import apply_stage
     from prism.tasks import build_task
-    from prism.train.precision import autocast, resolve_amp
+    from prism.engine.precision import autocast, resolve_amp
 
     task = build_task(cfg)
     model = task.build_model().to(device).train()

@@ -45,10 +45,11 @@ def register_model(root: Path, overrides: list[str]) -> tuple[str, str]:
     import torch
 
     from prism.adapters import save_adapted, trainable_names_union
-    from prism.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
     from prism.config import load_config
     from prism.tasks import build_task
-    from prism.tracking import configure_tracking, get_or_create_experiment, register_bundle
+    from prism.inference.publish import register_bundle
+    from prism.tracking import configure_tracking, get_or_create_experiment
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     cfg = load_config(ROOT / "jobs" / "circles.yaml", overrides)
@@ -192,7 +193,7 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from prism.predictor import load_predictor
+    from prism.inference.predictor import load_predictor
     from prism.serve import ServeSettings
 
     tracking_uri, model_uri = register_model(work, overrides)

@@ -99,7 +99,7 @@ def plain_loop(cfg: JobConfig, train_df: pd.DataFrame, epochs: int) -> tuple[lis
 def ray_train(cfg: JobConfig, epochs: int, workers: int, cpus_per_worker: float) -> tuple[list[float], float]:
     """Per-epoch images/s reported by ``train_loop_per_worker``, and the wall time of the whole run."""
     from prism.tasks import build_task
-    from prism.train.driver import build_trainer
+    from prism.engine.driver import build_trainer
 
     t_start = time.perf_counter()
     task = build_task(cfg)

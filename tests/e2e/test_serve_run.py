@@ -126,7 +126,7 @@ def served(project) -> Iterator[ServeRun]:
 
 
 def test_serve_run_answers_with_the_registered_version(served, project, tmp_path):
-    from prism.predictor import Predictor
+    from prism.inference.predictor import Predictor
 
     _, _, bundle = project
     (image,) = sample_images(tmp_path, n=1)

@@ -56,7 +56,7 @@ def build_bundle(path: Path, seed: int = 0, std: float = 0.5, plan: str = PLAN) 
     """Write a bundle of the circles job (tiny backbone, 64 px, stage ``plan``) into ``path``, as training
     would; LoRA B and the heads are drawn from N(0, ``std``) with ``seed``, so the adapters change predictions."""
     from prism.adapters import save_adapted, trainable_names_union
-    from prism.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
     from prism.config import load_config
     from prism.tasks import build_task
 

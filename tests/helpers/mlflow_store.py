@@ -80,7 +80,8 @@ def registry(root: Path, name: str = MODEL_NAME, scores: tuple[float, ...] = (0.
 
     Version ``v`` has bundle seed ``v`` and ``val/macro_f1 = scores[v - 1]``; v1 holds ``champion``.
     """
-    from prism.tracking import promote_if_better, register_bundle
+    from prism.inference.publish import register_bundle
+    from prism.tracking import promote_if_better
 
     with mlflow_store(root, "serve-tests") as store:
         bundles = {}

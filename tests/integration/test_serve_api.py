@@ -67,7 +67,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictors(reg):
     """Local predictors of v1 and v2: what the endpoint must answer."""
-    from prism.predictor import Predictor
+    from prism.inference.predictor import Predictor
 
     return {v: Predictor.from_bundle(path, device="cpu") for v, path in reg.bundles.items()}
 
@@ -351,7 +351,7 @@ def test_promotion_swaps_versions_under_load_without_failures(deployed, images, 
 
 
 def test_client_local_and_endpoint_agree(server, reg, images, predictors, tmp_path):
-    from prism.client import classify_circles, results_frame
+    from prism.tasks.multihead.client import classify_circles, results_frame
 
     folder = images[0].parent
     kwargs = dict(output_format="json", use_tta=True, silent=True, batch_size=MAX_IMAGES)

@@ -37,7 +37,7 @@ THRESHOLDS = {"presence": 0.43, "closure": 0.58, "circularity": 0.62}
 
 @pytest.fixture(scope="module")
 def trained(ray_local, workdir):
-    from prism.train.driver import run_training
+    from prism.engine.driver import run_training
 
     cfg = load_config(CIRCLES_JOB, [*LEARN, "train.storage_path=" + str(workdir / "runs")])
     outcome = run_training(cfg, job_file=str(CIRCLES_JOB))
@@ -101,7 +101,7 @@ def test_registered_version_holds_adapted_weights_only(trained):
 def test_predictor_from_registry_agrees_with_labels(trained, workdir):
     """Independent check: predictions from models:/circles@champion scored with sklearn on held-out rows."""
     from prism.data import split_labels
-    from prism.predictor import load_predictor
+    from prism.inference.predictor import load_predictor
     from prism.tasks import build_task
 
     cfg, o = trained
@@ -149,7 +149,7 @@ def short_config(bad_data: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def short_run(ray_local, workdir, bad_data):
-    from prism.train.driver import run_training
+    from prism.engine.driver import run_training
 
     return run_training(short_config(bad_data, "train.storage_path=" + str(workdir / "runs")))
 
@@ -165,7 +165,7 @@ def test_skipped_rows_are_counted_and_logged(short_run):
 
 
 def test_resume_continues_after_the_checkpoint(short_run, workdir, bad_data):
-    from prism.train.driver import run_training
+    from prism.engine.driver import run_training
 
     first = short_run
     start = Path(first.best_checkpoint).parent / "epoch_0001"
@@ -185,7 +185,7 @@ def test_a_rerun_gives_the_same_curve_and_does_not_take_champion(short_run, work
     """train.seed fixes model init, the per-epoch shuffle and every row's augmentation (1 worker), so the
     rerun's curve is the first run's. Its registered version scores the same on the same validation split,
     which is no improvement: the champion alias stays on the first version."""
-    from prism.train.driver import run_training
+    from prism.engine.driver import run_training
 
     again = run_training(short_config(bad_data, "train.storage_path=" + str(workdir / "runs2")))
     keys = ["train/loss", "val/loss", "val/presence/accuracy", "val/macro_f1"]

@@ -22,7 +22,8 @@ METRIC = "val/macro_f1"
 
 @pytest.fixture(scope="module")
 def sweep(ray_local, workdir):
-    from prism.tracking import configure_tracking, get_or_create_experiment, register_bundle, set_alias
+    from prism.inference.publish import register_bundle
+    from prism.tracking import configure_tracking, get_or_create_experiment, set_alias
     from prism.tune import run_sweep
 
     configure_tracking()
@@ -93,7 +94,7 @@ def test_best_trial_registered_as_candidate_and_champion_untouched(sweep):
 
 
 def test_candidate_loads_as_a_predictor(sweep):
-    from prism.predictor import load_predictor
+    from prism.inference.predictor import load_predictor
 
     pred = load_predictor("models:/circles@candidate")
     best = sweep.table.iloc[0]  # the candidate is the best trial's config, not the base job's

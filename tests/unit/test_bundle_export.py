@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism.bundle import WEIGHTS_FILE, load_bundle
+from prism.inference.bundle import WEIGHTS_FILE, load_bundle
 from tests.helpers.bundles import build_bundle
 
 
@@ -44,7 +44,7 @@ def test_bundle_refuses_other_base_weights(bundle):
 
 def test_export_merges_lora_into_plain_backbone_weights(bundle, tmp_path_factory):
     from prism.backbones import create_backbone
-    from prism.export import export_merged
+    from prism.inference.export import export_merged
 
     path, model, _ = bundle
     out = export_merged(str(path), tmp_path_factory.mktemp("export"))

@@ -153,7 +153,7 @@ def test_to_model_input_matches_the_textbook_normalisation():
     """``(x / 255 - mean) / std`` in channels-first float32, whatever the fused arithmetic inside."""
     import torch
 
-    from prism.tasks._images import to_model_input
+    from prism.engine.inputs import to_model_input
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     images = torch.randint(0, 256, (3, 10, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -15,8 +15,8 @@ from torch import nn
 from prism.config import JobConfig
 from prism.data.datasets import split_labels
 from prism.data.table import BadRowsError, read_label_table
-from prism.evaluate import evaluate
-from prism.predictor import Predictor
+from prism.inference.evaluate import evaluate
+from prism.inference.predictor import Predictor
 from prism.tasks.multihead.task import MultiHeadTask
 
 HEADS = [{"name": "shape", "classes": ["round", "square"]}]

@@ -6,7 +6,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score
 
 from prism.config import load_config
-from prism.demo import held_out_report
+from prism.cli.demo import held_out_report
 from tests.conftest import CIRCLES_JOB
 
 

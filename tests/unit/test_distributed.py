@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from prism._distributed import all_reduce_sum, collective_device
+from prism.runtime.distributed import all_reduce_sum, collective_device
 from prism.tasks.multihead.config import MultiHeadTaskConfig
 from prism.tasks.multihead.metrics import MultiHeadMetrics
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from prism.config import JobConfig
 from prism.data.datasets import split_labels, split_table
-from prism.evaluate import evaluate
-from prism.predictor import Predictor
+from prism.inference.evaluate import evaluate
+from prism.inference.predictor import Predictor
 from prism.tasks.multihead.task import MultiHeadTask
 
 SIZE = 14
@@ -105,11 +105,11 @@ def test_validation_split_refuses_options_that_only_apply_to_a_labels_csv(datase
 
 
 def test_cli_evaluate_default_is_the_validation_split(dataset, tmp_path, monkeypatch, capsys):
-    import prism.predictor
+    import prism.inference.predictor
     from prism.cli import main
 
     cfg = job(dataset)
-    monkeypatch.setattr(prism.predictor, "load_predictor", lambda source, device=None: predictor(cfg))
+    monkeypatch.setattr(prism.inference.predictor, "load_predictor", lambda source, device=None: predictor(cfg))
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", "models:/tiny@champion", "--out", str(out)]) == 0
     saved = json.loads((out / "metrics.json").read_text())

@@ -10,8 +10,8 @@ from torch import nn
 
 from prism.config import JobConfig
 from prism.data.images import array_to_uint8, decode_image, read_bytes
-from prism.predictor import Predictor
-from prism.tasks._images import to_model_input
+from prism.inference.predictor import Predictor
+from prism.engine.inputs import to_model_input
 from prism.tasks.multihead.task import MultiHeadTask
 
 SIZE = 14

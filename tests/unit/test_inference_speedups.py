@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prism.adapters import has_lora, merge_lora
-from prism.bundle import load_bundle
+from prism.inference.bundle import load_bundle
 from tests.helpers.bundles import build_bundle
 
 
@@ -99,7 +99,7 @@ def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
 def test_predictor_model_has_lora_merged(bundle):
     """Predictor.from_bundle merges by default (merge=False keeps the peft layers) and predicts like the
     adapted model, so the merge drops nothing the adapters learned."""
-    from prism.predictor import Predictor
+    from prism.inference.predictor import Predictor
 
     predictor = Predictor.from_bundle(bundle, device="cpu")
     assert not has_lora(predictor.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prism.train.precision import autocast, resolve_amp
+from prism.engine.precision import autocast, resolve_amp
 
 CPU = torch.device("cpu")
 

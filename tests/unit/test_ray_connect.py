@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from prism._ray import ensure_ray
+from prism.runtime.ray_cluster import ensure_ray
 
 
 @pytest.fixture
@@ -14,7 +14,7 @@ def init_calls(monkeypatch) -> list[dict]:
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.setattr("prism.console.quiet_ray_data", lambda: None)
+    monkeypatch.setattr("prism.runtime.console.quiet_ray_data", lambda: None)
     return calls
 
 

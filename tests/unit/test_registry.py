@@ -9,7 +9,8 @@ import mlflow
 import mlflow.artifacts
 import pytest
 
-from prism.tracking import promote_if_better, register_bundle, set_alias
+from prism.inference.publish import register_bundle
+from prism.tracking import promote_if_better, set_alias
 from tests.helpers.bundles import BUNDLE_FILES, make_bundle
 from tests.helpers.mlflow_store import PIP, new_run
 

@@ -14,11 +14,11 @@ import mlflow.artifacts
 import pytest
 import yaml
 
+from prism.inference.publish import register_bundle
 from prism.tracking import (
     configure_tracking,
     describe_model,
     promote_if_better,
-    register_bundle,
     resolve_model_uri,
 )
 from tests.helpers.bundles import BUNDLE_FILES, make_bundle, sha_of

@@ -14,7 +14,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 from starlette.requests import Request
 
-from prism._schema import ConfigError
+from prism.config.schema import ConfigError
 from prism.serve import AppArgs, ServeSettings, load_serve_config
 from prism.serve.app import BUILDER, DEPLOYMENT
 from prism.serve.errors import RequestError

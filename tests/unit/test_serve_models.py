@@ -16,7 +16,7 @@ from tests.helpers.images import bomb_png, sample_images
 
 
 def test_fabricated_versions_predict_differently(tmp_path):
-    from prism.predictor import Predictor
+    from prism.inference.predictor import Predictor
 
     images = sample_images(tmp_path / "img", n=2)
     a = Predictor.from_bundle(fabricate_bundle(tmp_path / "a", seed=1), device="cpu")

@@ -84,7 +84,7 @@ def test_failed_reload_keeps_the_served_version(champion_v1):
 
 
 def test_run_batch_stacks_uint8_and_matches_the_predictor(champion_v1, tmp_path):
-    from prism.predictor import Predictor
+    from prism.inference.predictor import Predictor
 
     predictor = Predictor.from_bundle(champion_v1.bundles[1], device="cpu")
     paths = sample_images(tmp_path / "img", n=3)
@@ -107,14 +107,14 @@ def test_run_batch_stacks_uint8_and_matches_the_predictor(champion_v1, tmp_path)
 
 
 def test_run_local_refuses_a_model_that_does_not_resolve_before_starting_ray(champion_v1, monkeypatch):
-    import prism._ray
-    from prism._schema import ConfigError
+    import prism.runtime.ray_cluster
+    from prism.config.schema import ConfigError
     from prism.serve import AppArgs, run_local
     from tests.conftest import ROOT
 
     # Ray may already run in this test session: what is checked is that run_local never asks for it
     ray_wanted: list[str] = []
-    monkeypatch.setattr(prism._ray, "ensure_ray", lambda *a, **k: ray_wanted.append("ensure_ray"))
+    monkeypatch.setattr(prism.runtime.ray_cluster, "ensure_ray", lambda *a, **k: ray_wanted.append("ensure_ray"))
     config = ROOT / "serve_configs" / "circles.yaml"
     with pytest.raises(ConfigError, match="cannot serve 'models:/circles-serve@nope'.*aliases: champion -> v1"):
         run_local(config, tracking_uri=champion_v1.tracking_uri, model_uri=f"models:/{MODEL_NAME}@nope")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from prism.train.state import TrainState, is_better
+from prism.engine.state import TrainState, is_better
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prism.config import JobConfig
-from prism.evaluate import evaluate
-from prism.predictor import Predictor
-from prism.tasks._images import apply_view, to_model_input
+from prism.inference.evaluate import evaluate
+from prism.inference.predictor import Predictor
+from prism.engine.inputs import apply_view, to_model_input
 from prism.tasks.multihead.task import MultiHeadTask
 
 SIZE = 14

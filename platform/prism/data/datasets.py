@@ -174,7 +174,7 @@ def rows_dataset(df: pd.DataFrame, rows_per_block: int, max_blocks: int = MAX_BL
 
 def _check_images(table: LabelTable, on_bad_rows: str, source: str, use_ray: bool = True) -> LabelTable:
     if use_ray:
-        from prism._ray import ensure_ray
+        from prism.runtime.ray_cluster import ensure_ray
 
         ensure_ray()
         probe = rows_dataset(table.rows[["path"]], 64).map_batches(check_decodable, batch_size=64)
@@ -191,7 +191,7 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     import ray.data
     from ray.data.expressions import random
 
-    from prism._ray import ensure_ray
+    from prism.runtime.ray_cluster import ensure_ray
 
     d = cfg.data
     ctx = ray.data.DataContext.get_current()

@@ -152,7 +152,7 @@ class DecodeImages:
     """``map_batches`` callable: ``path`` column → ``image`` uint8 ``(B, size, size, 3)``.
 
     ``train=False`` is the eval/predict preprocessing: full-resolution decode, then :func:`resize_rgb` — the
-    same pixels :class:`prism.predictor.Predictor` sees. ``train=True`` applies the configured augmentation
+    same pixels :class:`prism.inference.predictor.Predictor` sees. ``train=True`` applies the configured augmentation
     (random resized crop, flips, 90° rotations, brightness) to an image that JPEGs may decode at a reduced
     scale (:func:`crop_draft_side`) since the crop is resized anyway. Other columns pass through.
 

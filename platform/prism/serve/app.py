@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from prism._schema import ConfigError
+from prism.config.schema import ConfigError
 from prism.serve.deployment import Classifier
 from prism.serve.settings import AppArgs, ServeSettings, resolve_tracking_uri, settings_dict
 
@@ -165,7 +165,7 @@ def run_local(
     """
     from ray.serve._private.api import serve_start  # what `serve run <config>` calls; no public twin
 
-    from prism._ray import ensure_ray
+    from prism.runtime.ray_cluster import ensure_ray
 
     if isinstance(config, AppArgs):
         updates: dict[str, Any] = {"tracking_uri": resolve_tracking_uri(tracking_uri or config.tracking_uri)}

@@ -38,7 +38,7 @@ from prism.serve.schemas import BatchingStats, ModelInfo
 from prism.serve.settings import ServeSettings
 
 if TYPE_CHECKING:  # torch is imported by the replicas, not where the app is built
-    from prism.predictor import Predictor
+    from prism.inference.predictor import Predictor
 
 __all__ = ["Loaded", "ServedModel", "load_version", "run_batch"]
 
@@ -55,7 +55,7 @@ class Loaded:
 
 def load_version(uri: str, device: str | None) -> Loaded:
     """Resolve ``uri`` to one registered version (an alias is read once, here) and load that version."""
-    from prism.predictor import load_predictor
+    from prism.inference.predictor import load_predictor
     from prism.tracking import describe_model
 
     desc = describe_model(uri)

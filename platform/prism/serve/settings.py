@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from prism._schema import StrictModel
+from prism.config.schema import StrictModel
 
 __all__ = [
     "DEFAULT_MODEL_URI",

@@ -1,7 +1,7 @@
 """The task contract: what the one train loop, the predictor and Serve need from a task.
 
 A task turns a validated :class:`~prism.config.JobConfig` into a model, tensors, a loss, metrics and
-JSON-able results. The train loop (:mod:`prism.train.loop`) only ever talks to this interface, so
+JSON-able results. The train loop (:mod:`prism.engine.loop`) only ever talks to this interface, so
 classification, detection (variable-length box targets), segmentation (masks + text prompts) and features
 (no training) all run through the same loop. See ``docs/architecture.md``.
 """

@@ -1,14 +1,12 @@
 """MLflow tracking and registry for Prism: store setup, run logging, plots, registry, pyfunc."""
 
 from prism.tracking.plots import log_figure, log_history_plots
-from prism.tracking.pyfunc import PrismPyfunc
-from prism.tracking.registry import promote_if_better, register_bundle, set_alias
+from prism.tracking.registry import promote_if_better, set_alias
 from prism.tracking.resolve import describe_model, resolve_model_uri
 from prism.tracking.runs import flatten_params, log_epoch, log_resolved_config, tag_stages
 from prism.tracking.store import browse_command, configure_tracking, get_or_create_experiment
 
 __all__ = [
-    "PrismPyfunc",
     "browse_command",
     "configure_tracking",
     "describe_model",
@@ -19,7 +17,6 @@ __all__ = [
     "log_history_plots",
     "log_resolved_config",
     "promote_if_better",
-    "register_bundle",
     "resolve_model_uri",
     "set_alias",
     "tag_stages",

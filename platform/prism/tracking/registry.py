@@ -1,4 +1,5 @@
-"""Model registry: log a bundle as a pyfunc model, register versions, move the champion alias.
+"""Model registry: versions, their ranking tags, aliases (logging a bundle as a model is
+:func:`prism.inference.publish.register_bundle`).
 
 A registered version's tags say how it was ranked (``prism.metric`` / ``prism.metric_value`` /
 ``prism.metric_mode``) and which base weights it adapts (``prism.backbone`` /
@@ -22,11 +23,11 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from prism.tracking.pyfunc import log_bundle_model
-
 log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "champion"
+BUNDLE_ARTIFACT = "bundle"
+"""Name of the pyfunc artifact that holds the bundle (``artifacts/bundle`` in a logged model)."""
 MODES = ("max", "min")
 METRIC_TAG = "prism.metric"
 METRIC_VALUE_TAG = "prism.metric_value"
@@ -88,7 +89,7 @@ def version_tags(bundle_dir: Path, metric: str, value: float, mode: str,
 
 
 @contextmanager
-def _attached_run(run_id: str) -> Iterator[None]:
+def attached_run(run_id: str) -> Iterator[None]:
     """Make ``run_id`` the active run (MLflow links logged models to it), restoring its status after."""
     active = mlflow.active_run()
     if active is not None:
@@ -110,43 +111,6 @@ def _attached_run(run_id: str) -> Iterator[None]:
     finally:
         if client.get_run(run_id).info.status != status:
             client.update_run(run_id, status=status)
-
-
-def register_bundle(
-    bundle_dir: Path,
-    model_name: str,
-    *,
-    run_id: str,
-    metric: str,
-    value: float,
-    mode: Literal["max", "min"],
-    pip_requirements: list[str] | None = None,
-    val_fingerprint: str | None = None,
-) -> ModelVersion:
-    """Log ``bundle_dir`` as pyfunc model ``model`` of run ``run_id`` and register a new version.
-
-    ``val_fingerprint`` identifies the rows ``value`` was measured on (``TrainData.val_fingerprint``, see
-    :func:`prism.data.datasets.split_fingerprint`); it is tagged ``prism.val_fingerprint`` and
-    ``promote_if_better`` compares only versions with equal fingerprints. None = unknown (no tag).
-    See ``log_bundle_model`` for the stored layout and ``pip_requirements``. If no run is active,
-    ``run_id`` is resumed for the logging and its status restored after; if another run is active
-    this is a ``RuntimeError``. Does not move any alias; see ``promote_if_better``.
-    """
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise ValueError(
-            f"bundle_dir {str(bundle_dir)!r} is not a directory; pass the folder the exporter wrote"
-        )
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not model_name:
-        raise ValueError("model_name must be a non-empty string, e.g. 'prism-dinov2-vits14'")
-    if val_fingerprint is not None and not (isinstance(val_fingerprint, str) and val_fingerprint):
-        raise ValueError(f"val_fingerprint must be a non-empty string or None, got {val_fingerprint!r}")
-    tags = version_tags(bundle_dir, metric, value, mode, val_fingerprint)
-    with _attached_run(run_id):
-        info = log_bundle_model(bundle_dir, pip_requirements)
-    return mlflow.register_model(info.model_uri, model_name, tags=tags)
 
 
 def _ranking(mv: ModelVersion) -> tuple[str, float, str] | None:

@@ -26,9 +26,9 @@ import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from prism.tracking.pyfunc import BUNDLE_ARTIFACT
 from prism.tracking.registry import (
     BACKBONE_TAGS,
+    BUNDLE_ARTIFACT,
     METRIC_MODE_TAG,
     METRIC_TAG,
     METRIC_VALUE_TAG,

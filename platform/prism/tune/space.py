@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from prism._schema import ConfigError, StrictModel, format_validation_error
+from prism.config.schema import ConfigError, StrictModel, format_validation_error
 from prism.config import JobConfig, apply_overrides, load_config
 
 __all__ = [

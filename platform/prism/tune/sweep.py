@@ -63,7 +63,7 @@ class SweepOutcome:
 
 def sweep_config(job: str | Path, space: SearchSpace, overrides: list[str] | None = None) -> JobConfig:
     """The base job of every trial: job file + space overrides + CLI overrides + sweep metric/mode."""
-    from prism._schema import ConfigError
+    from prism.config.schema import ConfigError
 
     raw = load_config(job).model_dump(mode="json")
     try:
@@ -161,8 +161,9 @@ def _tuner(space: SearchSpace, base: dict[str, Any], cfg: JobConfig, parent_run_
 
 def _register_best(best: dict[str, Any], cfg: JobConfig, storage: str, alias: str, parent_run_id: str) -> str:
     """Register the best checkpoint as a new version (logged in the best trial's run) and set ``alias``."""
-    from prism.bundle import BUNDLE_FILES
-    from prism.tracking import register_bundle, set_alias
+    from prism.inference.bundle import BUNDLE_FILES
+    from prism.inference.publish import register_bundle
+    from prism.tracking import set_alias
     from prism.tune.results import best_column
 
     name, metric = cfg.tracking.model_name, cfg.train.metric
@@ -227,10 +228,10 @@ def _best(table: pd.DataFrame, metric: str) -> dict[str, Any]:
 
 def run_sweep(job: str | Path, space: str | Path, overrides: list[str] | None = None) -> SweepOutcome:
     """Run the search of ``space`` over ``job`` end to end (see the module docstring)."""
-    from prism._ray import ensure_ray
+    from prism.runtime.ray_cluster import ensure_ray
     from prism.tasks import build_task
     from prism.tracking import browse_command, configure_tracking, get_or_create_experiment
-    from prism.train.driver import resolve_img_size
+    from prism.engine.driver import resolve_img_size
     from prism.tune.results import best_column
 
     sp = load_space(space)

@@ -3,7 +3,7 @@
 :func:`run_trial` is the function trainable the sweep hands to ``ray.tune.Tuner`` (wrapped in
 ``tune.with_parameters`` for the job mapping and the shared datasets, and ``tune.with_resources``). It
 acts as the Ray Train driver, as Ray's Train V2 + Tune guide describes: it applies the sampled values to
-the job, then calls :func:`prism.train.driver.run_training`, the same function ``prism train`` runs (same
+the job, then calls :func:`prism.engine.driver.run_training`, the same function ``prism train`` runs (same
 ``build_trainer``, same ``train_loop_per_worker``, same live MLflow epoch logger), with
 
 - ``TuneReportCallback`` added to the TorchTrainer's ``RunConfig`` callbacks: each ``ray.train.report``
@@ -47,7 +47,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from prism.train.driver import run_training
+    from prism.engine.driver import run_training
 
     trial_id = tune.get_context().get_trial_id()
     raw = apply_values(base, [(k, config[k]) for k in keys])

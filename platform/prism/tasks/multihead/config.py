@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from prism._schema import StrictModel
+from prism.config.schema import StrictModel
 
 __all__ = ["HeadConfig", "MultiHeadTaskConfig", "NA", "TTA_OPS"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from prism._distributed import all_reduce_sum
+from prism.runtime.distributed import all_reduce_sum
 from prism.tasks.base import MetricAccumulator
 from prism.tasks.multihead.config import MultiHeadTaskConfig
 from prism.tasks.multihead.labels import IGNORE

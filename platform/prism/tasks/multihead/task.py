@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from prism.tasks._images import apply_view, to_model_input
+from prism.engine.inputs import apply_view, to_model_input
 from prism.tasks.base import Task
 from prism.tasks.multihead.config import NA
 from prism.tasks.multihead.labels import encode_labels, unknown_labels
 from prism.tasks.multihead.loss import multihead_loss
 from prism.tasks.multihead.metrics import MultiHeadMetrics
 from prism.tasks.multihead.model import MultiHeadClassifier, build_heads
-from prism.train.precision import autocast, resolve_amp
+from prism.engine.precision import autocast, resolve_amp
 
 if TYPE_CHECKING:
     import pandas as pd

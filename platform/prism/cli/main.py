@@ -40,7 +40,7 @@ def _cmd_config(args) -> int:
 
 def _cmd_train(args) -> int:
     from prism.config import load_config
-    from prism.train.driver import run_training
+    from prism.engine.driver import run_training
 
     cfg = load_config(args.job, args.overrides)
     run_training(cfg, job_file=str(args.job))
@@ -74,7 +74,7 @@ def _write_results(pred, results, out: Path | None, fmt: str) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from prism.predictor import expand_image_paths, load_predictor
+    from prism.inference.predictor import expand_image_paths, load_predictor
 
     pred = load_predictor(args.model, device=args.device)
     paths = expand_image_paths(args.images)
@@ -86,8 +86,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from prism.evaluate import evaluate
-    from prism.predictor import load_predictor
+    from prism.inference.evaluate import evaluate
+    from prism.inference.predictor import load_predictor
 
     if args.labels is None and (args.root is not None or args.on_bad_rows is not None):
         print("prism: error: --root and --on-bad-rows need --labels (without it the validation split is read "
@@ -115,7 +115,7 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from prism.export import export_merged
+    from prism.inference.export import export_merged
 
     out = export_merged(args.model, args.out)
     print(f"[prism] merged LoRA and wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
@@ -137,7 +137,7 @@ def _cmd_backbones(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from prism.demo import run_demo
+    from prism.cli.demo import run_demo
 
     run_demo(workdir=args.workdir)
     return 0
@@ -235,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose:  # PRISM_VERBOSE=1 in the environment does the same
-        from prism.console import set_verbose
+        from prism.runtime.console import set_verbose
 
         set_verbose(True)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from prism._schema import ConfigError
+    from prism.config.schema import ConfigError
     from prism.data.table import BadRowsError
 
     try:

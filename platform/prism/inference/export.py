@@ -27,7 +27,7 @@ def export_merged(source: str, out_dir: Path, check_atol: float = 1e-4) -> Path:
     above ``check_atol`` raises ``RuntimeError`` (nothing is written then).
     """
     from prism.adapters import merge_lora
-    from prism.predictor import load_predictor
+    from prism.inference.predictor import load_predictor
 
     pred = load_predictor(source, device="cpu", merge=False)
     model = pred.model

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from prism.data.images import array_to_uint8, decode_image, read_bytes, resize_rgb
-from prism.tasks._images import to_model_input
+from prism.engine.inputs import to_model_input
 
 __all__ = ["IMAGE_SUFFIXES", "ImageInput", "Predictor", "expand_image_paths", "load_predictor"]
 
@@ -43,7 +43,7 @@ def expand_image_paths(items: Iterable[str | Path]) -> list[Path]:
 
 
 class Predictor:
-    """Images → JSON-able results for one model bundle (see :mod:`prism.bundle`)."""
+    """Images → JSON-able results for one model bundle (see :mod:`prism.inference.bundle`)."""
 
     def __init__(self, cfg, task, model: torch.nn.Module, device: str | torch.device = "cpu",
                  source: str = ""):
@@ -58,7 +58,7 @@ class Predictor:
     def from_bundle(cls, path: str | Path, device: str | torch.device | None = None,
                     merge: bool = True) -> Predictor:
         """The predictor of a bundle folder; ``merge`` folds LoRA into the weights (same outputs, faster)."""
-        from prism.bundle import load_bundle
+        from prism.inference.bundle import load_bundle
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         cfg, task, model = load_bundle(Path(path), device=device, merge=merge)

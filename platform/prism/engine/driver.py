@@ -2,7 +2,7 @@
 
 ``run_training(cfg)`` is what ``prism train`` calls (directly, or inside ``ray job submit``): it validates
 and splits the data, builds a :class:`ray.train.torch.TorchTrainer` around
-:func:`prism.train.loop.train_loop_per_worker`, logs everything to one MLflow run, and registers the best
+:func:`prism.engine.loop.train_loop_per_worker`, logs everything to one MLflow run, and registers the best
 checkpoint as a new model version, moving the ``champion`` alias only when the new version is better.
 """
 
@@ -20,13 +20,13 @@ import mlflow
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from prism._ray import ensure_ray
-from prism._schema import ConfigError
-from prism.bundle import BUNDLE_FILES
+from prism.runtime.ray_cluster import ensure_ray
+from prism.config.schema import ConfigError
+from prism.inference.bundle import BUNDLE_FILES
 from prism.config import JobConfig
-from prism.console import train_logging_config, verbose
-from prism.train.callbacks import MlflowEpochLogger
-from prism.train.loop import train_loop_per_worker
+from prism.runtime.console import train_logging_config, verbose
+from prism.engine.callbacks import MlflowEpochLogger
+from prism.engine.loop import train_loop_per_worker
 
 if TYPE_CHECKING:
     from prism.data.datasets import TrainData
@@ -83,7 +83,7 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
     """The TorchTrainer for ``cfg`` (also what a Tune trial runs).
 
     A lost worker (or node) costs a restart of the worker group from the latest reported checkpoint,
-    ``train.max_failures`` times: :func:`~prism.train.loop.train_loop_per_worker` resumes from
+    ``train.max_failures`` times: :func:`~prism.engine.loop.train_loop_per_worker` resumes from
     ``ray.train.get_checkpoint()``.
     """
     t = cfg.train
@@ -130,6 +130,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
     - ``run_tags``: extra tags of the MLflow run.
     - ``data``: datasets already built from this config's data section (skips ``task.build_datasets``).
     """
+    from prism.inference.publish import register_bundle
     from prism.tasks import build_task
     from prism.tracking import (
         browse_command,
@@ -139,7 +140,6 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
         log_history_plots,
         log_resolved_config,
         promote_if_better,
-        register_bundle,
         tag_stages,
     )
 

@@ -26,8 +26,8 @@ import torch
 
 from prism.data.datasets import resolve_image_root, split_fingerprint, split_labels
 from prism.data.table import read_label_table
-from prism.predictor import Predictor
-from prism.tasks._images import to_model_input
+from prism.inference.predictor import Predictor
+from prism.engine.inputs import to_model_input
 
 __all__ = ["EvalReport", "EvalRows", "evaluate", "select_rows"]
 

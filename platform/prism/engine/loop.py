@@ -1,6 +1,6 @@
 """``train_loop_per_worker``: the one training function, generic over tasks.
 
-The TorchTrainer driver (:mod:`prism.train.driver`), Ray Tune and ``ray job submit`` all run this same
+The TorchTrainer driver (:mod:`prism.engine.driver`), Ray Tune and ``ray job submit`` all run this same
 function. It knows no task by name: the task object builds the model, turns batches into tensors, computes
 the loss and the metrics. Each epoch it trains on this worker's shard of ``train``, evaluates on its shard of
 ``val``, all-reduces the metrics, and reports them with a checkpoint (written by rank 0).
@@ -25,18 +25,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from prism._distributed import all_reduce_sum
+from prism.runtime.distributed import all_reduce_sum
 from prism.config import JobConfig
-from prism.console import quiet_train_worker
-from prism.train.checkpoint import load_checkpoint, save_checkpoint
-from prism.train.precision import autocast, resolve_amp
-from prism.train.state import TrainState, is_better
+from prism.runtime.console import quiet_train_worker
+from prism.engine.checkpoint import load_checkpoint, save_checkpoint
+from prism.engine.precision import autocast, resolve_amp
+from prism.engine.state import TrainState, is_better
 
 __all__ = ["shuffle_seed", "train_loop_per_worker"]
 
 # Ray Train routes a worker's log records to the driver's console and its log files once each (a plain
 # print() can show up twice when another library wraps stdout).
-log = logging.getLogger("prism.train")
+log = logging.getLogger("prism.engine")
 
 
 def _cosine_factor(epochs: int):

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from prism.bundle import WEIGHTS_FILE, write_bundle_meta
-from prism.train.state import TrainState
+from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
+from prism.engine.state import TrainState
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,7 +23,7 @@ __all__ = ["load_checkpoint", "save_checkpoint"]
 def save_checkpoint(path: Path, *, cfg: JobConfig, task: Task, model: nn.Module, names: list[str],
                     optimizer: torch.optim.Optimizer, state: TrainState, metrics: dict[str, float],
                     extra: dict | None = None) -> Path:
-    """Write a loadable bundle (see :mod:`prism.bundle`) + ``optimizer.pt`` + ``state.json`` into ``path``."""
+    """Write a loadable bundle (see :mod:`prism.inference.bundle`) + ``optimizer.pt`` + ``state.json`` into ``path``."""
     from prism.adapters import save_adapted
 
     path = Path(path)

@@ -1,7 +1,7 @@
 """MLflow pyfunc model of a Prism bundle: the ``PythonModel`` and how it is logged.
 
 The logged model stores the bundle directory as the pyfunc artifact ``bundle``; loading builds
-the predictor from it with ``prism.predictor.load_predictor``. ``PrismPyfunc`` holds no state when
+the predictor from it with ``prism.inference.predictor.load_predictor``. ``PrismPyfunc`` holds no state when
 pickled (MLflow cloudpickles the instance; the class is pickled by reference), so the model needs
 ``prism`` importable where it is loaded.
 
@@ -31,8 +31,9 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
+from prism.tracking.registry import BUNDLE_ARTIFACT
+
 MODEL_ARTIFACT_NAME = "model"
-BUNDLE_ARTIFACT = "bundle"
 IMAGE_COLUMN = "image"
 # Pinned into the logged model's requirements when the caller passes none (prism itself is not on an index).
 DEFAULT_REQUIREMENT_DISTS = (
@@ -117,7 +118,7 @@ class PrismPyfunc(mlflow.pyfunc.PythonModel):
     predictor: Any = None
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from prism.predictor import load_predictor
+        from prism.inference.predictor import load_predictor
 
         self.predictor = load_predictor(_bundle_of(context))
 

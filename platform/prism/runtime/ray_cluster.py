@@ -24,7 +24,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        from prism.console import quiet_ray_data
+        from prism.runtime.console import quiet_ray_data
 
         quiet_ray_data()  # before ray.init: the local workers inherit this environment
         log.info("no RAY_ADDRESS: starting a local Ray in this process")

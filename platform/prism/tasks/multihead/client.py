@@ -2,14 +2,14 @@
 
 ::
 
-    from prism.client import classify_circles
+    from prism.tasks.multihead.client import classify_circles
 
     df = classify_circles("images/")                                        # local, models:/circles@champion
     df = classify_circles(["a.png", "b.png"], model="runs:/<id>/model", use_tta=False)
     res = classify_circles("images/", endpoint="http://127.0.0.1:8000", output_format="json")
     classify_circles("images/", endpoint="http://127.0.0.1:8000", output_path="preds.csv", silent=True)
 
-Both paths give the same results: locally the :class:`~prism.predictor.Predictor` runs in this process;
+Both paths give the same results: locally the :class:`~prism.inference.predictor.Predictor` runs in this process;
 with ``endpoint`` the images are posted as multipart files to ``POST {endpoint}/predict`` (see
 ``prism.serve``), whose replicas run the same predictor. Result names are the paths as given.
 """
@@ -59,7 +59,7 @@ def _chunks(paths: list[Path], size: int, silent: bool) -> Iterator[list[Path]]:
 
 
 def _local(model: str, device: str | None, use_tta: bool, batch_size: int) -> Callable[[list[Path]], Results]:
-    from prism.predictor import load_predictor
+    from prism.inference.predictor import load_predictor
 
     predictor = load_predictor(model, device=device)
     return lambda chunk: predictor.predict([str(p) for p in chunk], tta=use_tta, batch_size=batch_size)
@@ -159,7 +159,7 @@ def classify_circles(
         raise ValueError(f"output_path must end in .csv or .json, got {str(out)!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from prism.predictor import expand_image_paths  # imports torch: on first call, not on import
+    from prism.inference.predictor import expand_image_paths  # imports torch: on first call, not on import
 
     paths = expand_image_paths([images] if isinstance(images, (str, Path)) else list(images))
     if endpoint is None:

@@ -3,7 +3,7 @@
 A job spec (``jobs/*.yaml``) has the sections ``task``, ``backbone``, ``lora``, ``stages``, ``data``,
 ``train`` and ``tracking``. :func:`load_config` reads it, applies overrides such as
 ``train.num_workers=2`` or ``stages.1.lr.lora=3e-4``, and validates the result; any unknown key or bad value
-raises :class:`~prism._schema.ConfigError` naming the key (and the closest valid key for typos).
+raises :class:`~prism.config.schema.ConfigError` naming the key (and the closest valid key for typos).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from prism._schema import ConfigError, StrictModel, format_validation_error
+from prism.config.schema import ConfigError, StrictModel, format_validation_error
 from prism.tasks.multihead.config import MultiHeadTaskConfig
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Process infrastructure every layer shares: connecting to Ray, collective ops, console output."""
