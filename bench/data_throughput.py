@@ -1,8 +1,9 @@
 """Eval-data images/s: Prism's Ray Data pipeline vs. a plain ``DataLoader``, side by side on the same JPEGs.
 
 Prism's side is what ``prism.data.build_datasets`` builds for the validation split (read + decode + bicubic
-resize in Ray Data ``map_batches``), consumed with ``iter_torch_batches(batch_size=32)`` and normalised with
-``prism.engine.inputs.to_model_input``, exactly as training's validation consumes it. The reference is a
+resize in Ray Data ``map_batches``), consumed with ``iter_torch_batches(batch_size=32,
+collate_fn=task.collate_fn())`` and normalised with ``prism.engine.inputs.model_inputs`` (the backbone's
+mean and std), exactly as training's validation consumes it. The reference is a
 ``torch.utils.data.DataLoader(num_workers=2, batch_size=32)`` over a ``Dataset`` doing PIL open → RGB →
 bicubic resize → tensor → normalise (same size, mean and std) on the same files.
 
@@ -92,16 +93,17 @@ def _epoch(batches, to_input) -> dict[str, float]:
             "steady_images_per_s": (n - n_first) / max(end - first, 1e-9), "cpu_ms_per_image": cpu_ms}
 
 
-def prism_epoch(cfg, task, stats: bool) -> dict[str, float]:
-    """One pass over Prism's validation dataset, normalised as training's validation does."""
+def prism_epoch(cfg, task, mean, std, stats: bool) -> dict[str, float]:
+    """One pass over Prism's validation dataset, collated and normalised as training's validation does."""
     from prism.data import build_datasets
-    from prism.engine.inputs import to_model_input
+    from prism.engine.inputs import model_inputs
 
     t0 = time.perf_counter()
     val = build_datasets(cfg, task, IMG_SIZE).val
     build_s = time.perf_counter() - t0
-    out = _epoch(lambda: val.iter_torch_batches(batch_size=BATCH),
-                 lambda b: to_model_input(b["image"], task.mean, task.std))
+    cpu = torch.device("cpu")
+    out = _epoch(lambda: val.iter_torch_batches(batch_size=BATCH, collate_fn=task.collate_fn(), device="cpu"),
+                 lambda b: model_inputs(b[0], cpu, mean, std)["image"])
     if stats:
         print(val.stats())
     return {**out, "build_datasets_s": build_s}
@@ -112,6 +114,16 @@ def reference_epoch(paths: list[str], mean, std) -> dict[str, float]:
     loader = torch.utils.data.DataLoader(ReferenceDataset(paths, IMG_SIZE, mean, std), batch_size=BATCH,
                                          num_workers=2)
     return _epoch(lambda: iter(loader), lambda b: b)
+
+
+def backbone_norm(cfg, task) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``mean`` / ``std`` the job's model normalises with (``model.backbone.mean`` / ``.std``), from a
+    shapes-only build of the model on the meta device (no weights, no memory)."""
+    from prism.engine.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg, task, weights=False)
+    return tuple(model.backbone.mean), tuple(model.backbone.std)
 
 
 def _val_paths(cfg, task) -> list[str]:
@@ -145,7 +157,7 @@ def main() -> None:
         "data.progress_bars=false", f"backbone.img_size={IMG_SIZE}"])
     task = build_task(cfg)
     paths = _val_paths(cfg, task)
-    mean, std = task.mean, task.std
+    mean, std = backbone_norm(cfg, task)
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
@@ -154,7 +166,7 @@ def main() -> None:
 
     runs: dict[str, list[dict[str, float]]] = {"prism": [], "reference": []}
     for i in range(repeats):  # alternate, so drift on a shared machine hits both sides alike
-        runs["prism"].append(prism_epoch(cfg, task, args.stats))
+        runs["prism"].append(prism_epoch(cfg, task, mean, std, args.stats))
         runs["reference"].append(reference_epoch(paths, mean, std))
         for side in runs:
             r = runs[side][-1]
@@ -169,7 +181,7 @@ def main() -> None:
     def med(side: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[side])
 
-    labels = {"prism_label": "Ray Data (build_datasets val) + to_model_input",
+    labels = {"prism_label": "Ray Data (build_datasets val) + collate_fn + model_inputs",
               "reference_label": "DataLoader(num_workers=2), PIL + torchvision"}
     what = f"{n} JPEGs 500x375 → {IMG_SIZE} px"
     rows = [
@@ -190,8 +202,9 @@ def main() -> None:
             "Prism: the validation dataset of prism.data.build_datasets(cfg, task, 224) — the split's rows as a "
             f"Ray dataset → map_batches(DecodeImages(224), batch_size=data.map_batch_size="
             f"{cfg.data.map_batch_size}) (full-resolution PIL decode → bicubic resize → uint8, as the Predictor) "
-            f"— consumed with iter_torch_batches(batch_size={BATCH}) and normalised in the consuming process with "
-            "prism.engine.inputs.to_model_input (uint8 BHWC → float BCHW), as training's validation does.",
+            f"— consumed with iter_torch_batches(batch_size={BATCH}, collate_fn=task.collate_fn()) and normalised in "
+            "the consuming process with prism.engine.inputs.model_inputs (uint8 BHWC → float BCHW, the backbone's "
+            "mean and std), as training's validation does.",
             f"Reference: torch DataLoader(num_workers=2, batch_size={BATCH}) over a Dataset doing PIL open → "
             f"convert('RGB') → resize(({IMG_SIZE}, {IMG_SIZE}), BICUBIC) → ToTensor → Normalize(mean, std) "
             "in the workers.",

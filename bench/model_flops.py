@@ -5,7 +5,7 @@ job builds it (``jobs/circles.yaml`` with the backbone overridden, LoRA rank 8 o
 block) and measured three ways:
 
 * **forward**: the model as the Predictor holds it (written to a bundle, loaded back with
-  ``Predictor.from_bundle``) run through ``task.infer`` without TTA, batch ``--batch``;
+  ``Predictor.from_bundle``) run through ``predict_batch`` without TTA, batch ``--batch``;
 * **plain timm**: ``timm.create_model("vit_*_patch14_dinov2")`` (same architecture, no wrapper, no LoRA)
   on the same batch, timed in alternation with the forward, to show what the wrapper costs;
 * **LoRA train step**: forward + backward + AdamW step with ``apply_stage(model, <lora stage>)``, as
@@ -15,7 +15,8 @@ FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCou
 matmuls, convolutions and attention as 2 x multiply-accumulates; element-wise ops are not counted) and
 checked against the analytic ViT count. The reference is the best FLOP/s of a square ``torch.mm`` (1024,
 2048, 4096; fp32 on CPU, bf16 on CUDA) measured in the same run, before the models and after each one. On CUDA the reference timm
-model and the train step run under bf16 autocast; the Prism forward runs exactly as ``task.infer`` runs it.
+model and the train step run under bf16 autocast; the Prism forward runs exactly as the Predictor runs it
+(``predict_batch`` with the job's ``train.amp``).
 
     python bench/model_flops.py            # ViT-S and ViT-B, 3 timed repeats each
     python bench/model_flops.py --quick    # ViT-S only on CPU (both models on CUDA), about a minute
@@ -37,6 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _common import ROOT, BenchResult, Row, bench_parser, time_call, write_result
 from prism.config import load_config
+from prism.engine.model import build_model
+from prism.engine.predict import predict_batch
 
 # registered Prism backbone -> the same architecture in plain timm
 MODELS = {"dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vitb14": "vit_base_patch14_dinov2"}
@@ -122,16 +125,15 @@ def job_config(backbone: str, lora_last_k: int | None) -> Any:
 
 def predictor_model(cfg: Any, device: torch.device) -> tuple[Any, torch.nn.Module]:
     """(task, model) as ``Predictor.from_bundle`` returns them, via a bundle written to a temporary folder."""
-    from prism.adapters import save_adapted, trainable_names_union
-    from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.adapters import trainable_names_union
+    from prism.inference.bundle import write_bundle
     from prism.inference.predictor import Predictor
     from prism.tasks import build_task
 
     task = build_task(cfg)
-    model = task.build_model()
+    model = build_model(cfg, task)
     with tempfile.TemporaryDirectory() as tmp:
-        write_bundle_meta(Path(tmp), cfg, task, model)
-        save_adapted(Path(tmp) / WEIGHTS_FILE, model, trainable_names_union(model, cfg.stages))
+        write_bundle(Path(tmp), cfg, task, model, trainable_names_union(model, cfg.stages))
         predictor = Predictor.from_bundle(tmp, device=device)
     return predictor.task, predictor.model
 
@@ -145,12 +147,13 @@ def measure_forward(backbone: str, cfg: Any, device: torch.device, batch: int, r
     from prism.adapters import has_lora, merge_lora
 
     task, model = predictor_model(cfg, device)
+    amp = task.cfg.train.amp  # what the Predictor passes to predict_batch (the bundle's train.amp)
     unmerged = has_lora(model)
     ref = timm.create_model(MODELS[backbone], pretrained=False, img_size=IMG, num_classes=0).to(device).eval()
     x = torch.randn(batch, 3, IMG, IMG, device=device)
 
     def prism() -> Any:
-        return task.infer(model, x, tta=False)
+        return predict_batch(task, model, {"image": x}, tta=False, amp=amp)
 
     def plain() -> Any:
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
@@ -158,13 +161,10 @@ def measure_forward(backbone: str, cfg: Any, device: torch.device, batch: int, r
 
     fns = {"prism": prism, "timm": plain}
     if device.type == "cpu":  # the opt-in CPU bf16 path (train.amp=bf16), same model and batch
-        from prism.tasks import build_task
-
-        bf16_task = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"amp": "bf16"})}))
-        fns["prism_bf16"] = lambda: bf16_task.infer(model, x, tta=False)
+        fns["prism_bf16"] = lambda: predict_batch(task, model, {"image": x}, tta=False, amp="bf16")
     if unmerged:
         merged_model = merge_lora(copy.deepcopy(model))
-        fns["merged"] = lambda: task.infer(merged_model, x, tta=False)
+        fns["merged"] = lambda: predict_batch(task, merged_model, {"image": x}, tta=False, amp=amp)
     flops = {k: count_flops(fn) for k, fn in fns.items()}
     times = interleaved_medians({k: _timed(fn, device) for k, fn in fns.items()}, repeats)
     return {"batch": batch, "lora_unmerged_in_predictor": unmerged,
@@ -178,20 +178,20 @@ def measure_forward(backbone: str, cfg: Any, device: torch.device, batch: int, r
 def measure_train_step(cfg: Any, device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
     """FLOPs per image and seconds of one LoRA training step (forward, loss, backward, AdamW step)."""
     from prism.adapters import apply_stage
-    from prism.tasks import build_task
     from prism.engine.precision import autocast, resolve_amp
+    from prism.tasks import build_task
 
     task = build_task(cfg)
-    model = task.build_model().to(device).train()
+    model = build_model(cfg, task).to(device).train()
     optimizer = torch.optim.AdamW(apply_stage(model, cfg.stages[0]))
     amp = resolve_amp(cfg.train.amp, device)
-    x = torch.randn(batch, 3, IMG, IMG, device=device)
+    inputs = {"image": torch.randn(batch, 3, IMG, IMG, device=device)}
     targets = {f"y_{h.name}": torch.randint(0, len(h.classes), (batch,), device=device) for h in cfg.task.heads}
 
     def step() -> None:
-        with autocast(device, amp):
-            outputs = model(x)
-        loss, _ = task.loss(outputs, targets)
+        with autocast(device, amp):  # forward and loss under autocast, as prism.engine.loop runs them
+            outputs = model(inputs)
+            loss, _ = task.loss(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -258,20 +258,20 @@ def main() -> None:
         fwd, train, short = m["forward"], m["train_step"], SHORT[name]
         fwd_rate = fwd["flops_per_batch"]["prism"] / fwd["best_s"]["prism"]
         rows.append(Row(f"forward FLOP/s, {short}, batch {fwd['batch']}", "GFLOP/s", fwd_rate / 1e9, peak / 1e9,
-                        prism_label="Predictor model via task.infer", reference_label=peak_label,
+                        prism_label="Predictor model via predict_batch", reference_label=peak_label,
                         target=FORWARD_TARGET))
         rows.append(Row(f"LoRA train step FLOP/s, {short}, batch {train['batch']}", "GFLOP/s",
                         train["flops_per_batch"] / train["best_s"] / 1e9, peak / 1e9,
                         prism_label="fwd+bwd+AdamW, apply_stage(lora)", reference_label=peak_label))
         ips = {k: fwd["batch"] / s for k, s in fwd["best_s"].items()}
         rows.append(Row(f"forward img/s, {short}: Prism vs plain timm", "img/s", ips["prism"], ips["timm"],
-                        prism_label="Predictor model via task.infer",
+                        prism_label="Predictor model via predict_batch",
                         reference_label=f"timm {MODELS[name]}" + (" (bf16 autocast)" if on_gpu else ""),
                         target=WRAPPER_TARGET))
         if "prism_bf16" in ips:
             rows.append(Row(f"forward img/s, {short}: train.amp=bf16 vs fp32 on CPU", "img/s", ips["prism_bf16"],
-                            ips["prism"], prism_label="Predictor model via task.infer, amp bf16",
-                            reference_label="Predictor model via task.infer, fp32 (amp auto)"))
+                            ips["prism"], prism_label="Predictor model via predict_batch, amp bf16",
+                            reference_label="Predictor model via predict_batch, fp32 (amp auto)"))
         g = fwd["gflops_per_image"]
         a = m["analytic_gflops_per_image"]
         notes.append(f"{short}: FlopCounterMode {g['timm']:.3f} GFLOP/img for plain timm vs analytic "

@@ -44,21 +44,20 @@ def register_model(root: Path, overrides: list[str]) -> tuple[str, str]:
     import mlflow
     import torch
 
-    from prism.adapters import save_adapted, trainable_names_union
-    from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.adapters import trainable_names_union
     from prism.config import load_config
-    from prism.tasks import build_task
+    from prism.engine.model import build_model
+    from prism.inference.bundle import write_bundle
     from prism.inference.publish import register_bundle
+    from prism.tasks import build_task
     from prism.tracking import configure_tracking, get_or_create_experiment
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     cfg = load_config(ROOT / "jobs" / "circles.yaml", overrides)
     task = build_task(cfg)
     torch.manual_seed(0)
-    model = task.build_model()
-    bundle = root / "bundle"
-    write_bundle_meta(bundle, cfg, task, model)
-    save_adapted(bundle / WEIGHTS_FILE, model, sorted(trainable_names_union(model, cfg.stages)))
+    model = build_model(cfg, task)
+    bundle = write_bundle(root / "bundle", cfg, task, model, sorted(trainable_names_union(model, cfg.stages)))
     uri = configure_tracking(f"sqlite:///{root}/mlflow.db")
     experiment = get_or_create_experiment("serve-bench")
     with mlflow.start_run(experiment_id=experiment) as run:

@@ -28,11 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from _common import ROOT, BenchResult, Row, bench_parser, make_jpegs, write_result
 from prism.config import JobConfig, load_config
+from prism.engine.model import build_model
 
 
 class TorchvisionFiles(torch.utils.data.Dataset):
@@ -75,9 +77,9 @@ def plain_loop(cfg: JobConfig, train_df: pd.DataFrame, epochs: int) -> tuple[lis
     t_start = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
-    model = task.build_model()
+    model = build_model(cfg, task)
     opt = torch.optim.AdamW(apply_stage(model, cfg.stages[0]))
-    dataset = TorchvisionFiles(train_df, cfg, task.mean, task.std)
+    dataset = TorchvisionFiles(train_df, cfg, model.backbone.mean, model.backbone.std)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=2,
                                          persistent_workers=True)
     rates = []
@@ -86,8 +88,8 @@ def plain_loop(cfg: JobConfig, train_df: pd.DataFrame, epochs: int) -> tuple[lis
         n, t0 = 0, time.perf_counter()
         for batch in loader:
             x = batch.pop("image")
-            targets = batch  # {"y_<head>": int64 (B,)}, what task.collate returns
-            loss, _ = task.loss(model(x), targets)
+            targets = batch  # {"y_<head>": int64 (B,)}, what the task's collate_fn returns
+            loss, _ = task.loss(model({"image": x}), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -98,8 +100,8 @@ def plain_loop(cfg: JobConfig, train_df: pd.DataFrame, epochs: int) -> tuple[lis
 
 def ray_train(cfg: JobConfig, epochs: int, workers: int, cpus_per_worker: float) -> tuple[list[float], float]:
     """Per-epoch images/s reported by ``train_loop_per_worker``, and the wall time of the whole run."""
-    from prism.tasks import build_task
     from prism.engine.driver import build_trainer
+    from prism.tasks import build_task
 
     t_start = time.perf_counter()
     task = build_task(cfg)
@@ -117,13 +119,16 @@ def ray_train(cfg: JobConfig, epochs: int, workers: int, cpus_per_worker: float)
 
 
 def _check_collate_matches(cfg: JobConfig) -> None:
-    """The baseline's targets must be what ``task.collate`` gives the Prism loop (same loss, same work)."""
+    """The baseline's inputs and targets must be what ``task.collate_fn()`` gives the Prism loop (same
+    forward, same loss, same work)."""
     from prism.tasks import build_task
 
     task = build_task(cfg)
-    batch = {"image": torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
-             **{f"y_{h}": torch.zeros(2, dtype=torch.long) for h in task.label_columns()}}
-    _, targets = task.collate(batch, torch.device("cpu"))
+    batch = {"image": np.zeros((2, 8, 8, 3), dtype=np.uint8),
+             **{f"y_{h}": np.zeros(2, dtype=np.int64) for h in task.label_columns()}}
+    inputs, targets = task.collate_fn()(batch)
+    if sorted(inputs) != ["image"]:
+        raise RuntimeError(f"collate inputs {sorted(inputs)} != ['image']; update the bench")
     if sorted(targets) != sorted(f"y_{h}" for h in task.label_columns()):
         raise RuntimeError(f"collate targets {sorted(targets)} != heads {task.label_columns()}; update the bench")
 

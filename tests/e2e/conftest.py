@@ -17,7 +17,9 @@ BIN = Path(sys.executable).parent
 
 def run(cmd: list[str], cwd: Path, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``cmd`` with the project's environment on PATH; output captured as text."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    # a store another test pointed MLflow at (MLflow exports its URIs to the environment) is not this project's
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS")}
     full_env.update({"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})})
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 

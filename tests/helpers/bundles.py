@@ -23,6 +23,7 @@ __all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "Fabricated", "build_bundle", "fa
            "sha_of"]
 
 BUNDLE_FILES = {"backbone.json", "config.yaml", "labels.json", "weights.safetensors"}
+"""What :func:`make_bundle` writes (a version-1 bundle: no manifest)."""
 IMG_SIZE = 64
 PLAN = "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}, {kind: lora, epochs: 1, lr: {head: 1e-3, lora: 1e-3}}]"
 
@@ -55,23 +56,22 @@ class Fabricated:
 def build_bundle(path: Path, seed: int = 0, std: float = 0.5, plan: str = PLAN) -> Fabricated:
     """Write a bundle of the circles job (tiny backbone, 64 px, stage ``plan``) into ``path``, as training
     would; LoRA B and the heads are drawn from N(0, ``std``) with ``seed``, so the adapters change predictions."""
-    from prism.adapters import save_adapted, trainable_names_union
-    from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
+    from prism.adapters import trainable_names_union
     from prism.config import load_config
+    from prism.engine.model import build_model
+    from prism.inference.bundle import write_bundle
     from prism.tasks import build_task
 
     cfg = load_config(CIRCLES_JOB, [plan, f"backbone.img_size={IMG_SIZE}"])
     task = build_task(cfg)
-    model = task.build_model()
+    model = build_model(task.cfg, task)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name or name.startswith("heads."):
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
     names = sorted(trainable_names_union(model, cfg.stages))
-    path.mkdir(parents=True, exist_ok=True)
-    write_bundle_meta(path, cfg, task, model)
-    save_adapted(path / WEIGHTS_FILE, model, names)
+    write_bundle(path, cfg, task, model, names)
     return Fabricated(path, model.eval(), names)
 
 

@@ -27,6 +27,13 @@ LORA_SUFFIXES = {
 }
 
 
+class Normalisation(nn.Module):
+    """Stands in for a backbone where only its input normalisation is read."""
+
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+
 class TinyClassifier(nn.Module):
     """Backbone + a linear head on the class token: (B, 3, S, S) -> (B, 3)."""
 

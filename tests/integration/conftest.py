@@ -17,10 +17,11 @@ def workdir(tmp_path_factory):
     """A scratch working folder with its own SQLite MLflow store (the embedded default)."""
     d = tmp_path_factory.mktemp("work")
     old = os.getcwd()
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     os.chdir(d)
     yield d
     os.chdir(old)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if saved is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    for key, value in saved.items():  # MLflow exports the URIs it was set to: put back what was there
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value

@@ -56,15 +56,18 @@ def test_stage_trains_exactly_its_parameters(name, stage):
     assert trainable(model) == expected_trainable(model, stage)
 
     by_name = {id(p): n for n, p in model.named_parameters()}
-    assert [g["name"] for g in groups] == [g for g in ("head", "lora", "backbone") if g in stage.lr]
+    optimizer_names = {"head": "head", "lora": "lora.backbone", "backbone": "backbone"}
+    assert [g["name"] for g in groups] == [
+        optimizer_names[k] for k in ("head", "lora", "backbone") if k in stage.lr
+    ]
     for group in groups:
-        assert group["lr"] == stage.lr[group["name"]]
+        assert group["lr"] == stage.lr[group["name"].partition(".")[0]]
         assert group["weight_decay"] == stage.weight_decay
         assert group["params"], group["name"]
         names = {by_name[id(p)] for p in group["params"]}
         if group["name"] == "head":
             assert names == {"heads.weight", "heads.bias"}
-        elif group["name"] == "lora":
+        elif group["name"] == "lora.backbone":
             assert names == {f"backbone.{n}" for n in lora_parameter_names(model.backbone)}
         else:
             assert names and all(".lora_" not in n and n.startswith("backbone.") for n in names)
@@ -178,8 +181,8 @@ def test_trainable_report_counts_groups():
     n_lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     total = sum(p.numel() for p in model.parameters())
     assert lines["head"][1:3] == ["2/2", "147"]
-    assert lines["lora"][1:3] == ["4/4", f"{n_lora:,}"]
+    assert lines["lora.backbone"][1:3] == ["4/4", f"{n_lora:,}"]
     assert lines["backbone"][1] == "0/" + str(len(list(model.parameters())) - 6)
     assert lines["total"][2] == f"{n_lora + 147:,}"
     assert f"of {total:,} parameters" in report
-    assert lines["lora"][3] == f"{100 * n_lora / total:.2f}%"
+    assert lines["lora.backbone"][3] == f"{100 * n_lora / total:.2f}%"

@@ -21,6 +21,7 @@ from prism.backbones import (
 
 TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "clip_tiny"]
 TIMM_TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny"]
+EMBEDDING_DIM = {"clip_tiny": 512}  # ViT-B-16's joint width; the timm families have no "embedding"
 # name -> (family, patch, embed_dim, default img_size, num_blocks, block module prefix, embedding params)
 EXPECTED = {
     "dinov2_tiny": ("timm_vit", 14, 48, 56, 3, "model.blocks", {"cls_token", "pos_embed", "patch_embed"}),
@@ -140,6 +141,7 @@ def test_attributes(name):
         img,
         blocks,
     )
+    assert backbone.embedding_dim == EMBEDDING_DIM.get(name)
     assert backbone.block_names == [f"{prefix}.{i}" for i in range(blocks)]
     modules = dict(backbone.named_modules())
     assert all(block in modules for block in backbone.block_names)
@@ -155,9 +157,11 @@ def test_forward_shapes(name, grid):
     side = backbone.img_size // backbone.patch_size
     with torch.no_grad():
         out = backbone(_images(backbone))
-    assert set(out) == {"cls", "patches"}
+    assert set(out) == {"cls", "patches"} | ({"embedding"} if name in EMBEDDING_DIM else set())
     assert out["cls"].shape == (2, backbone.embed_dim)
     assert out["patches"].shape == (2, side, side, backbone.embed_dim)
+    if name in EMBEDDING_DIM:
+        assert out["embedding"].shape == (2, EMBEDDING_DIM[name])
 
 
 @pytest.mark.parametrize("name", TIMM_TINY)
@@ -197,15 +201,18 @@ def test_register_tokens_are_not_patches():
     torch.testing.assert_close(out["patches"].reshape(2, 16, -1), tokens[:, 5:])
 
 
-def test_clip_outputs_are_ln_post_of_the_final_tokens():
+def test_clip_outputs_are_ln_post_of_the_final_tokens_and_their_projection():
     backbone = _tiny("clip_tiny")
     visual = backbone.model
+    assert visual.proj.shape == (48, 512)  # the tower keeps its image projection (C, D)
     x = _images(backbone)
     with torch.no_grad():
         out = backbone(x)
         tokens = visual.ln_post(visual.transformer(visual._embeds(x)))  # (B, 1 + 16, C)
     torch.testing.assert_close(out["cls"], tokens[:, 0])
     torch.testing.assert_close(out["patches"].reshape(2, 16, -1), tokens[:, 1:])
+    torch.testing.assert_close(out["embedding"], tokens[:, 0] @ visual.proj)
+    torch.testing.assert_close(out["embedding"], visual(x))  # the tower's own forward = encode_image
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -215,7 +222,7 @@ def test_batched_forward_equals_per_sample_forward(name):
     with torch.no_grad():
         batched = backbone(x)
         single = [backbone(x[i : i + 1]) for i in range(3)]
-    for key in ("cls", "patches"):
+    for key in batched:
         torch.testing.assert_close(batched[key], torch.cat([s[key] for s in single]), rtol=1e-5, atol=1e-5)
 
 

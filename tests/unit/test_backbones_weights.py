@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -112,20 +113,26 @@ def test_dino_original_formats(tmp_path):
     _assert_loaded(source, create_backbone("dino_tiny", weights=_save(training, tmp_path / "checkpoint.pth")))
 
 
-def _tiny_clip(source) -> CLIP:
-    """A full open_clip CLIP whose image tower holds `source`'s weights (plus a projection)."""
-    vision = {"width": 48, "layers": 3, "head_width": 24, "patch_size": 16, "image_size": source.img_size}
+def _tiny_clip(img_size: int = 64, seed: int = 5) -> CLIP:
+    """A full open_clip CLIP (random init, text tower included) whose image tower is clip_tiny's."""
+    vision = {"width": 48, "layers": 3, "head_width": 24, "patch_size": 16, "image_size": img_size}
     text = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
-    clip = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True)
-    missing, unexpected = clip.visual.load_state_dict(source.model.state_dict(), strict=False)
-    assert missing == ["proj"] and unexpected == []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIP(embed_dim=512, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+
+
+def _clip_holding(source) -> CLIP:
+    """`_tiny_clip` whose image tower holds `source`'s weights, projection included."""
+    clip = _tiny_clip(source.img_size)
+    clip.visual.load_state_dict(source.model.state_dict(), strict=True)
     return clip
 
 
 @pytest.mark.parametrize("layout", ["full", "nested", "visual"])
 def test_open_clip_formats(tmp_path, layout):
     source = create_backbone("clip_tiny", seed=1)
-    clip = _tiny_clip(source)
+    clip = _clip_holding(source)
     state = {"full": clip.state_dict(), "visual": clip.visual.state_dict()}.get(layout)
     if layout == "nested":
         state = {"state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}}
@@ -133,6 +140,34 @@ def test_open_clip_formats(tmp_path, layout):
         k.startswith("text") or k == "token_embedding.weight" for k in clip.state_dict()
     )
     _assert_loaded(source, create_backbone("clip_tiny", weights=_save(state, tmp_path / "clip.pt")))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_clip_embedding_is_encode_image_of_the_loaded_clip(tmp_path, suffix):
+    clip = _tiny_clip()
+    path = _save(clip.state_dict(), tmp_path / f"clip{suffix}")  # a full CLIP, text tower included
+    backbone = create_backbone("clip_tiny", weights=path).eval()
+    assert backbone.embedding_dim == 512 and torch.equal(backbone.model.proj, clip.visual.proj)
+    assert "model.proj" in backbone.state_dict() and "proj" in backbone.model.state_dict()
+    without_proj = copy.deepcopy(clip.visual)  # how the tower ran before it kept its projection
+    without_proj.proj, without_proj.output_tokens = None, True
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = backbone(x)
+        expected = clip.encode_image(x)  # (B, 512), not normalised
+        cls, patches = without_proj(x)  # (B, 48), (B, 16, 48)
+    assert out["embedding"].shape == expected.shape == (2, 512)
+    torch.testing.assert_close(out["embedding"], expected, rtol=0, atol=1e-5)
+    assert out["cls"].shape == (2, 48) and out["patches"].shape == (2, 4, 4, 48)
+    torch.testing.assert_close(out["cls"], cls, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["patches"].reshape(2, 16, 48), patches, rtol=0, atol=1e-6)
+
+
+def test_open_clip_weights_without_the_projection_are_refused(tmp_path):
+    state = _tiny_clip().visual.state_dict()
+    del state["proj"]  # what a visual tower saved with proj = None holds
+    with pytest.raises(ValueError, match=r"missing keys: proj\b"):
+        create_backbone("clip_tiny", weights=_save(state, tmp_path / "visual.pth"))
 
 
 @pytest.mark.parametrize("name", TIMM_TINY)
@@ -152,7 +187,7 @@ def test_timm_pos_embed_is_resampled_for_another_img_size(tmp_path, name):
 
 def test_open_clip_pos_embed_is_resized_for_another_img_size(tmp_path):
     source = create_backbone("clip_tiny", seed=1, img_size=96)
-    path = _save(_tiny_clip(source).state_dict(), tmp_path / "clip.safetensors")
+    path = _save(_clip_holding(source).state_dict(), tmp_path / "clip.safetensors")
     loaded = create_backbone("clip_tiny", weights=path)
     assert loaded.model.positional_embedding.shape == (1 + 16, 48)
     torch.testing.assert_close(loaded.model.positional_embedding[0], source.model.positional_embedding[0])

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism.inference.bundle import WEIGHTS_FILE, load_bundle
+from prism.inference.bundle import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    bundle_files,
+    load_bundle,
+    read_manifest,
+    stage_bundle,
+)
 from tests.helpers.bundles import build_bundle
 
 
@@ -27,19 +35,55 @@ def test_bundle_holds_only_adapted_weights_and_round_trips(bundle):
     meta = json.loads((path / "backbone.json").read_text())
     assert meta["weights_sha256"] == model.backbone.weights_sha256
     _, _, rebuilt = load_bundle(path)
-    x = torch.randn(3, 3, 64, 64)
+    x = {"image": torch.randn(3, 3, 64, 64)}
     with torch.no_grad():
         a, b = model(x), rebuilt(x)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
 
 
-def test_bundle_refuses_other_base_weights(bundle):
+def test_manifest_records_every_file_and_the_backbone(bundle):
+    path, model, _ = bundle
+    manifest = read_manifest(path)
+    assert manifest["format"] == 2 and manifest["task"] == "multihead"
+    assert set(manifest["files"]) == {WEIGHTS_FILE, "config.yaml", "labels.json", "backbone.json"}
+    for rel, info in manifest["files"].items():
+        assert info["sha256"] == hashlib.sha256((path / rel).read_bytes()).hexdigest()
+    assert manifest["components"]["backbone"] == {"sha256": model.backbone.weights_sha256,
+                                                  "source": "random-init:dinov2_tiny_conv:seed=0"}
+
+
+def test_a_changed_file_is_refused_by_the_manifest(bundle):
     path, _, _ = bundle
+    labels = path / "labels.json"
+    labels.write_text(labels.read_text().replace("circle", "square"))
+    with pytest.raises(ValueError, match="labels.json does not match the sha256 in manifest.json"):
+        load_bundle(path)
+
+
+def test_bundle_refuses_other_base_weights(bundle):
+    """A version-1 bundle (no manifest) still loads, and still refuses another base model."""
+    path, model, _ = bundle
+    (path / MANIFEST_FILE).unlink()
+    _, _, rebuilt = load_bundle(path)
+    x = {"image": torch.randn(2, 3, 64, 64)}
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
     cfg_file = path / "config.yaml"
     cfg_file.write_text(cfg_file.read_text().replace("seed: 0", "seed: 1", 1))
     with pytest.raises(ValueError, match="differ from the ones this model was trained on"):
         load_bundle(path)
+
+
+def test_stage_bundle_copies_the_bundle_files_only(bundle, tmp_path_factory):
+    path, _, _ = bundle
+    (path / "optimizer.pt").write_bytes(b"not part of a bundle")
+    out = stage_bundle(path, tmp_path_factory.mktemp("staged") / "bundle")
+    assert sorted(p.name for p in out.iterdir()) == sorted(bundle_files(path))
+    assert not (out / "optimizer.pt").exists()
+    (path / WEIGHTS_FILE).write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="weights.safetensors does not match"):
+        stage_bundle(path, tmp_path_factory.mktemp("again"))
 
 
 def test_export_merges_lora_into_plain_backbone_weights(bundle, tmp_path_factory):

@@ -75,10 +75,10 @@ def test_missing_file_and_non_mapping(tmp_path):
 
 
 def test_unknown_train_metric_is_refused_before_training(circles_raw):
-    from prism.config.schema import ConfigError
     from prism.config import JobConfig
-    from prism.tasks import build_task
+    from prism.config.schema import ConfigError
     from prism.engine.driver import check_metric
+    from prism.tasks import build_task
 
     cfg = JobConfig.model_validate({**circles_raw, "train": {**circles_raw["train"], "metric": "val/presence/acc"}})
     with pytest.raises(ConfigError, match="did you mean 'val/presence/accuracy'"):

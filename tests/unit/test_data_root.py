@@ -18,6 +18,7 @@ from prism.data.table import BadRowsError, read_label_table
 from prism.inference.evaluate import evaluate
 from prism.inference.predictor import Predictor
 from prism.tasks.multihead.task import MultiHeadTask
+from tests.helpers.models import Normalisation
 
 HEADS = [{"name": "shape", "classes": ["round", "square"]}]
 N = 8
@@ -98,8 +99,13 @@ def test_training_split_reads_images_from_data_root(apart):
 
 
 class Constant(nn.Module):
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"shape": torch.zeros(len(x), 2)}
+    def __init__(self):
+        super().__init__()
+        self.backbone = Normalisation()
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"shape": torch.zeros(len(inputs["image"]), 2)}
+
 
 
 def test_evaluate_follows_the_same_rule(apart):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.metrics import accuracy_score
 
-from prism.config import load_config
 from prism.cli.demo import held_out_report
+from prism.config import load_config
 from tests.conftest import CIRCLES_JOB
 
 

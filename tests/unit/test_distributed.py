@@ -58,19 +58,54 @@ def test_gloo_collectives_stay_on_cpu(gloo_group):
     assert collective_device() == torch.device("cpu")
 
 
-def test_metrics_reduce_goes_through_the_backend_aware_sum(monkeypatch):
+def test_metrics_merge_goes_through_the_backend_aware_sum(monkeypatch):
+    """Summable accumulators are merged across workers by one backend-aware all-reduce of their state."""
+    from prism.engine import metrics as engine_metrics
+
     cfg = MultiHeadTaskConfig.model_validate({"heads": [{"name": "a", "classes": ["x", "y"]}]})
     acc = MultiHeadMetrics(cfg)
-    acc.update({"a": torch.tensor([[2.0, 0.0], [0.0, 3.0]])}, {"y_a": torch.tensor([0, 1])}, loss=0.5)
+    acc.update({"a": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}, {"y_a": torch.tensor([0, 1])})
     seen = []
 
     def fake_sum(t):
         seen.append(t.clone())
         return t * 2  # as if two identical workers
 
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr("prism.tasks.multihead.metrics.all_reduce_sum", fake_sum)
-    acc.reduce()
-    assert len(seen) == 1
-    assert acc.cm["a"].tolist() == [[2.0, 0.0], [0.0, 2.0]]
-    assert acc.loss_sum.tolist() == [2.0, 4.0]
+    monkeypatch.setattr(engine_metrics, "is_distributed", lambda: True)
+    monkeypatch.setattr(engine_metrics, "all_reduce_sum", fake_sum)
+    out = engine_metrics.merged(acc, lambda: MultiHeadMetrics(cfg))
+    assert len(seen) == 1 and seen[0].dtype == torch.float64
+    assert out.cm["a"].tolist() == [[2.0, 0.0], [0.0, 2.0]]
+    assert out.loss_sum[1].item() == 4.0 and acc.cm["a"].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_unsummable_metrics_are_gathered_and_merged(monkeypatch):
+    """Accumulators whose states cannot be summed (e.g. lists of detections) are gathered and merged."""
+    from prism.engine import metrics as engine_metrics
+    from prism.tasks.base import MetricAccumulator
+
+    class Listing(MetricAccumulator):
+        summable = False
+
+        def __init__(self):
+            self.items = []
+
+        def update(self, predictions, targets):
+            self.items += list(targets)
+
+        def state(self):
+            return {"items": list(self.items)}
+
+        def merge(self, state):
+            self.items += state["items"]
+
+        def compute(self, prefix="val/"):
+            return {f"{prefix}n": float(len(self.items))}
+
+    acc = Listing()
+    acc.update({}, [{"box": 1}, {"box": 2}])
+    monkeypatch.setattr(engine_metrics, "is_distributed", lambda: True)
+    monkeypatch.setattr(engine_metrics, "all_gather_objects", lambda s: [s, {"items": [{"box": 3}]}])
+    out = engine_metrics.merged(acc, Listing)
+    assert out.items == [{"box": 1}, {"box": 2}, {"box": 3}] and out.compute() == {"val/n": 3.0}
+

@@ -17,20 +17,23 @@ from prism.data.datasets import split_labels, split_table
 from prism.inference.evaluate import evaluate
 from prism.inference.predictor import Predictor
 from prism.tasks.multihead.task import MultiHeadTask
+from tests.helpers.models import Normalisation
 
 SIZE = 14
 N = 20
 
 
+
 class TinyClassifier(nn.Module):
-    """``(B, 3, S, S)`` → ``{"shape": (B, 2)}``: one linear layer over the flattened pixels."""
+    """``{"image": (B, 3, S, S)}`` → ``{"shape": (B, 2)}``: one linear layer over the flattened pixels."""
 
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(3 * SIZE * SIZE, 2)
+        self.backbone = Normalisation()
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"shape": self.fc(x.flatten(1))}
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"shape": self.fc(inputs["image"].flatten(1))}
 
 
 def job(csv: Path, **data) -> JobConfig:

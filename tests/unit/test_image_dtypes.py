@@ -10,9 +10,10 @@ from torch import nn
 
 from prism.config import JobConfig
 from prism.data.images import array_to_uint8, decode_image, read_bytes
-from prism.inference.predictor import Predictor
 from prism.engine.inputs import to_model_input
+from prism.inference.predictor import Predictor
 from prism.tasks.multihead.task import MultiHeadTask
+from tests.helpers.models import Normalisation
 
 SIZE = 14
 
@@ -45,11 +46,16 @@ def test_refused_arrays_name_dtype_range_and_fix(array, message):
         array_to_uint8(array, "img.png")
 
 
-class MeanColour(nn.Module):
-    """``(B, 3, S, S)`` → ``{"shade": (B, 2)}``: logits ``(-m, m)`` of the mean normalised pixel ``m``."""
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        m = x.mean(dim=(1, 2, 3))
+class MeanColour(nn.Module):
+    """``{"image": (B, 3, S, S)}`` → ``{"shade": (B, 2)}``: logits ``(-m, m)`` of the mean normalised pixel ``m``."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = Normalisation()
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        m = inputs["image"].mean(dim=(1, 2, 3))
         return {"shade": torch.stack([-m, m], dim=-1)}
 
 
@@ -67,8 +73,9 @@ def test_predictor_scales_float_arrays_in_unit_range(predictor):
     rng = np.random.default_rng(0)
     unit = rng.uniform(0.6, 1.0, (20, 20, 3)).astype(np.float32)  # a light image, as floats in [0, 1]
     as_uint8 = np.rint(unit.astype(np.float64) * 255).astype(np.uint8)
-    np.testing.assert_array_equal(predictor.load_image(unit), predictor.load_image(as_uint8))
-    assert predictor.load_image(unit).min() > 140  # light, not cast to 0 (black)
+    pixels = predictor.prepare(unit)[0]["image"]  # the model input the task's preprocess makes
+    np.testing.assert_array_equal(pixels, predictor.prepare(as_uint8)[0]["image"])
+    assert pixels.min() > 140  # light, not cast to 0 (black)
     result = predictor.predict([unit, as_uint8], tta=False)
     assert [r["shade"]["prediction"] for r in result] == ["light", "light"]
     assert result[0]["shade"]["probabilities"] == result[1]["shade"]["probabilities"]
@@ -86,7 +93,7 @@ def test_model_input_takes_only_uint8():
 
 def test_float_and_16_bit_pil_images_keep_their_brightness(predictor, tmp_path):
     # PIL's convert("RGB") clips wide modes: a float "F" image in [0, 1] turns black, a 16-bit one white
-    grey = predictor.load_image(Image.fromarray(np.full((20, 20), 0.5, np.float32)))
+    grey = predictor.prepare(Image.fromarray(np.full((20, 20), 0.5, np.float32)))[0]["image"]
     assert grey.ravel().tolist() == [128] * grey.size
     path = tmp_path / "sixteen.png"
     Image.fromarray(np.array([[0, 32768], [65535, 257]], np.uint16)).save(path)

@@ -1,4 +1,4 @@
-"""Inference runs as fast as the model allows: mixed precision in ``task.infer``, LoRA merged for prediction.
+"""Inference runs as fast as the model allows: mixed precision in ``predict_batch``, LoRA merged for prediction.
 
 ``bench/model_flops.py`` measures both; these tests pin the behaviour on the tiny DINOv2 backbone.
 """
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from prism.adapters import has_lora, merge_lora
+from prism.engine.predict import predict_batch
 from prism.inference.bundle import load_bundle
 from tests.helpers.bundles import build_bundle
 
@@ -31,10 +32,11 @@ def _head_output_dtypes(model: nn.Module) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize("amp", [torch.bfloat16, None])
-def test_infer_runs_the_forward_in_the_jobs_mixed_precision(bundle, monkeypatch, amp):
-    """infer asks resolve_amp for the job's train.amp on x's device and runs the forward under that autocast
-    (bf16 on a CUDA device; here forced on CPU), returning float32 probabilities either way."""
-    from prism.tasks.multihead import task as task_module
+def test_predictions_run_in_the_jobs_mixed_precision(bundle, monkeypatch, amp):
+    """The engine (predict_batch) asks resolve_amp for the job's train.amp on the inputs' device and runs the
+    task's predictions under that autocast (bf16 on a CUDA device; here forced on CPU); the task itself
+    applies none, and returns float32 probabilities either way."""
+    from prism.engine import predict as predict_module
 
     cfg, task, model = load_bundle(bundle)
     asked = []
@@ -43,9 +45,9 @@ def test_infer_runs_the_forward_in_the_jobs_mixed_precision(bundle, monkeypatch,
         asked.append((mode, torch.device(device).type))
         return amp
 
-    monkeypatch.setattr(task_module, "resolve_amp", fake_resolve_amp)
+    monkeypatch.setattr(predict_module, "resolve_amp", fake_resolve_amp)
     seen = _head_output_dtypes(model)
-    probs = task.infer(model, torch.randn(2, 3, 64, 64), tta=True)
+    probs = predict_batch(task, model, {"image": torch.randn(2, 3, 64, 64)}, tta=True, amp=cfg.train.amp)
     assert asked == [(cfg.train.amp, "cpu")]
     assert set(seen) == {amp or torch.float32}
     for p in probs.values():
@@ -53,19 +55,19 @@ def test_infer_runs_the_forward_in_the_jobs_mixed_precision(bundle, monkeypatch,
         torch.testing.assert_close(p.sum(-1), torch.ones(2), atol=1e-3, rtol=0)
 
 
-def test_infer_on_cpu_stays_float32(bundle):
+def test_predictions_on_cpu_stay_float32(bundle):
     _, task, model = load_bundle(bundle)
     seen = _head_output_dtypes(model)
-    task.infer(model, torch.randn(2, 3, 64, 64))
+    predict_batch(task, model, {"image": torch.randn(2, 3, 64, 64)})
     assert seen and set(seen) == {torch.float32}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_infer_on_cuda_uses_autocast(bundle):
+def test_predictions_on_cuda_use_autocast(bundle):
     _, task, model = load_bundle(bundle, device="cuda")
     seen = _head_output_dtypes(model)
-    probs = task.infer(model, torch.randn(2, 3, 64, 64, device="cuda"))
+    probs = predict_batch(task, model, {"image": torch.randn(2, 3, 64, 64, device="cuda")})
     assert set(seen) <= {torch.bfloat16, torch.float16} and seen
     assert all(p.dtype == torch.float32 for p in probs.values())
 
@@ -83,13 +85,13 @@ def test_merged_bundle_model_predicts_like_the_adapted_one(bundle):
     _, task, model = load_bundle(bundle)
     assert has_lora(model)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    adapted = task.infer(model, x, tta=True)
+    adapted = predict_batch(task, model, {"image": x}, tta=True)
     _, _, without = load_bundle(bundle)
     _zero_lora_b(without)
-    base = task.infer(without, x, tta=True)
+    base = predict_batch(task, without, {"image": x}, tta=True)
     assert any(not torch.allclose(base[k], adapted[k], atol=1e-4) for k in adapted)  # LoRA changes outputs
     merged_model = merge_lora(model)
-    merged = task.infer(merged_model, x, tta=True)
+    merged = predict_batch(task, merged_model, {"image": x}, tta=True)
     assert not has_lora(merged_model)
     assert not any("lora" in n for n, _ in merged_model.named_parameters())
     for k in adapted:
@@ -106,7 +108,7 @@ def test_predictor_model_has_lora_merged(bundle):
     assert has_lora(Predictor.from_bundle(bundle, device="cpu", merge=False).model)
     _, task, adapted = load_bundle(bundle)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    expected = task.infer(adapted, x, tta=True)
-    got = predictor.task.infer(predictor.model, x, tta=True)
+    expected = predict_batch(task, adapted, {"image": x}, tta=True)
+    got = predict_batch(predictor.task, predictor.model, {"image": x}, tta=True)
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], atol=1e-5, rtol=0)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score
 
 from prism.tasks.multihead.config import MultiHeadTaskConfig
 from prism.tasks.multihead.labels import IGNORE, encode_labels, unknown_labels
@@ -80,17 +80,25 @@ def test_metrics_agree_with_sklearn(cfg, seed):
     rng = np.random.default_rng(seed)
     acc = MultiHeadMetrics(cfg)
     all_true, all_pred = {"presence": [], "closure": []}, {"presence": [], "closure": []}
-    for _ in range(4):  # several batches
+    losses = []
+    halves = [MultiHeadMetrics(cfg), MultiHeadMetrics(cfg)]  # as two workers would see the batches
+    for b in range(4):  # several batches
         n = 17
         yp = torch.from_numpy(rng.integers(0, 3, n))
         yc = torch.from_numpy(rng.integers(0, 2, n))
         yc[yp == 2] = IGNORE
-        out = {"presence": torch.from_numpy(rng.normal(size=(n, 3))), "closure": torch.from_numpy(rng.normal(size=(n, 2)))}
-        acc.update(out, {"y_presence": yp, "y_closure": yc}, loss=1.0)
+        out = {"presence": torch.from_numpy(rng.dirichlet(np.ones(3), n)),
+               "closure": torch.from_numpy(rng.dirichlet(np.ones(2), n))}  # probabilities, as predictions give
+        acc.update(out, {"y_presence": yp, "y_closure": yc})
+        halves[b % 2].update(out, {"y_presence": yp, "y_closure": yc})
+        batch_loss = 0.0
         for h, y in (("presence", yp), ("closure", yc)):
             keep = y != IGNORE
             all_true[h] += y[keep].tolist()
             all_pred[h] += out[h].argmax(-1)[keep].tolist()
+            if keep.any():  # the loss of the predictions: cross-entropy of the probabilities, summed over heads
+                batch_loss += log_loss(y[keep].numpy(), out[h][keep].numpy(), labels=list(range(out[h].shape[1])))
+        losses.append(batch_loss)
     m = acc.compute("val/")
     for h, k in (("presence", 3), ("closure", 2)):
         t, p = all_true[h], all_pred[h]
@@ -103,7 +111,11 @@ def test_metrics_agree_with_sklearn(cfg, seed):
         for i, c in enumerate(classes):
             assert m[f"val/{h}/precision/{c}"] == pytest.approx(prec[i])
             assert m[f"val/{h}/recall/{c}"] == pytest.approx(rec[i])
-    assert m["val/loss"] == pytest.approx(1.0)
+    assert m["val/loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    merged = MultiHeadMetrics(cfg)  # gather-and-merge: the two workers' states merged give the whole
+    for half in halves:
+        merged.merge(half.state())
+    assert merged.compute("val/") == pytest.approx(m)
 
 
 def test_scores_handle_absent_classes_like_sklearn():
@@ -123,7 +135,8 @@ def test_postprocess_outputs_na_where_condition_fails(cfg):
     task = MultiHeadTask(job)
     probs = {"presence": torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]),
              "closure": torch.tensor([[0.3, 0.7], [0.9, 0.1]])}
-    r = task.postprocess(probs)
+    opts = task.parse_options(None)
+    r = [task.postprocess({k: v[i] for k, v in probs.items()}, {}, opts) for i in range(2)]
     assert r[0]["presence"]["prediction"] == "circle_clear"
     assert r[0]["closure"]["prediction"] == "almost_closed"
     assert r[1]["presence"]["prediction"] == "no_circle"

@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from prism.inference.predictor import Predictor
-from prism.tracking import configure_tracking, set_alias
 from prism.inference.pyfunc import log_bundle_model
+from prism.tracking import configure_tracking, set_alias
 from tests.helpers.bundles import fabricate_bundle
 from tests.helpers.images import sample_images
 from tests.helpers.mlflow_store import PIP, mlflow_store

@@ -14,8 +14,8 @@ from PIL import Image
 
 from prism.config import JobConfig
 from prism.data.datasets import split_fingerprint, split_labels
-from prism.tasks.multihead.task import MultiHeadTask
 from prism.inference.publish import register_bundle
+from prism.tasks.multihead.task import MultiHeadTask
 from prism.tracking import configure_tracking, get_or_create_experiment, promote_if_better
 from prism.tracking.registry import VAL_FINGERPRINT_TAG
 

@@ -246,16 +246,21 @@ def files(tmp_path):
     return [p.read_bytes() for p in sample_images(tmp_path / "img", n=3)]
 
 
-def count_load_image(predictor, monkeypatch) -> list[str]:
+def count_prepare(predictor, monkeypatch) -> list[str]:
+    """Names of the images ``predictor.prepare`` (decode + the task's preprocess) is called on from now."""
     calls: list[str] = []
-    original = predictor.load_image
+    original = predictor.prepare
 
-    def counted(image, name="<image>"):
+    def counted(image, name="<image>", options=None):
         calls.append(name)
-        return original(image, name)
+        return original(image, name, options)
 
-    monkeypatch.setattr(predictor, "load_image", counted)
+    monkeypatch.setattr(predictor, "prepare", counted)
     return calls
+
+
+def opts(served, tta: bool):
+    return served.request_options({"tta": tta})
 
 
 def assert_same(got, expected):
@@ -266,26 +271,31 @@ def assert_same(got, expected):
                                        list(e[head]["probabilities"].values()), atol=1e-5)
 
 
-def test_prepare_resizes_once_per_request_and_the_batch_only_stacks(served, files, monkeypatch):
+def test_prepare_preprocesses_once_per_request_and_the_batch_only_stacks(served, files, monkeypatch):
     predictor = served.loaded().predictor
-    calls = count_load_image(predictor, monkeypatch)
-    prepared = [served.prepare(data, f"f{i}") for i, data in enumerate(files)]
+    calls = count_prepare(predictor, monkeypatch)
+    ttas = [False, True, False]
+    prepared = [served.prepare(data, f"f{i}", opts(served, t)) for i, (data, t) in enumerate(zip(files, ttas, strict=True))]
     assert calls == ["f0", "f1", "f2"]
-    assert all(a.shape == (IMG_SIZE, IMG_SIZE, 3) and a.dtype == np.uint8 for a in prepared)
-    got = run_batch(predictor, prepared, [False, True, False])
-    assert calls == ["f0", "f1", "f2"], "the batch must not decode or resize prepared images again"
-    expected = [predictor.predict([data], tta=tta)[0] for data, tta in zip(files, [False, True, False], strict=True)]
+    assert all(it.prepared[0]["image"].shape == (IMG_SIZE, IMG_SIZE, 3) for it in prepared)
+    got = run_batch(predictor, prepared)
+    assert calls == ["f0", "f1", "f2"], "the batch must not decode or preprocess prepared images again"
+    expected = [predictor.predict([data], tta=tta)[0] for data, tta in zip(files, ttas, strict=True)]
     assert_same(got, expected)
 
 
-def test_run_batch_resizes_what_is_not_prepared_for_this_model(served, files, monkeypatch):
-    """E.g. images prepared for a version with another input size, swapped out before their batch ran."""
+def test_run_batch_prepares_again_what_another_version_prepared(served, files, monkeypatch):
+    """E.g. images prepared by a version (maybe of another input size) swapped out before their batch ran."""
+    from prism.serve.model import Item
+
     predictor = served.loaded().predictor
-    calls = count_load_image(predictor, monkeypatch)
-    other = np.zeros((IMG_SIZE * 2, IMG_SIZE * 2, 3), dtype=np.uint8)
-    got = run_batch(predictor, [other, served.prepare(files[0], "f0")], [False, False])
-    assert len(calls) == 2 and len(got) == 2
-    assert_same(got[:1], predictor.predict([other], tta=False))
+    fresh = served.prepare(files[0], "f0", opts(served, False))
+    stale = Item(files[1], "f1", ({"image": np.zeros((IMG_SIZE * 2, IMG_SIZE * 2, 3), np.uint8)}, {}),
+                 prepared_by=-1, options=opts(served, False))
+    calls = count_prepare(predictor, monkeypatch)
+    got = run_batch(predictor, [stale, fresh])
+    assert calls == ["f1"] and len(got) == 2
+    assert_same(got, predictor.predict([files[1], files[0]], tta=False))
 
 
 def test_by_default_a_lone_image_does_not_wait_for_a_batch(served):
@@ -296,10 +306,10 @@ def test_by_default_a_lone_image_does_not_wait_for_a_batch(served):
 
 def test_predict_images_through_the_batcher_matches_the_predictor(served, files):
     predictor = served.loaded().predictor
-    prepared = [served.prepare(data, f"f{i}") for i, data in enumerate(files)]
+    prepared = [served.prepare(data, f"f{i}", opts(served, True)) for i, data in enumerate(files)]
 
     async def concurrent():
-        return await asyncio.gather(served.predict_images(prepared[:2], True), served.predict_images(prepared[2:], True))
+        return await asyncio.gather(served.predict_images(prepared[:2]), served.predict_images(prepared[2:]))
 
     first, second = asyncio.run(concurrent())
     assert_same([*first, *second], predictor.predict(files, tta=True))
@@ -312,10 +322,10 @@ def test_prepare_checks_the_pixel_limit_before_decoding(served, files):
     from prism.serve.errors import RequestError
 
     with pytest.raises(RequestError) as info:
-        served.prepare(bomb_png(5000, 5000), "bomb.png", max_pixels=1000)
+        served.prepare(bomb_png(5000, 5000), "bomb.png", opts(served, False), max_pixels=1000)
     assert (info.value.status, info.value.error) == (413, "image_too_large")
     with pytest.raises(RequestError) as info:
-        served.prepare(files[0], "small.png", max_pixels=10)
+        served.prepare(files[0], "small.png", opts(served, False), max_pixels=10)
     assert info.value.status == 413
 
 
@@ -325,7 +335,7 @@ def test_a_batch_does_not_queue_behind_decoding_in_the_default_thread_pool(serve
     until the prediction has returned: were the batch queued behind it, it could never return."""
     from concurrent.futures import ThreadPoolExecutor
 
-    prepared = [served.prepare(files[0], "f0")]
+    prepared = [served.prepare(files[0], "f0", opts(served, False))]
     unblock = threading.Event()
 
     async def scenario():
@@ -333,7 +343,7 @@ def test_a_batch_does_not_queue_behind_decoding_in_the_default_thread_pool(serve
         loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
         blocker = asyncio.ensure_future(asyncio.to_thread(unblock.wait, 60))  # the pool's only worker, busy
         try:
-            result = await asyncio.wait_for(served.predict_images(prepared, False), 30)
+            result = await asyncio.wait_for(served.predict_images(prepared), 30)
             blocked_meanwhile = not blocker.done()
         finally:
             unblock.set()

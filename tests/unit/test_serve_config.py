@@ -19,8 +19,8 @@ from prism.serve import AppArgs, ServeSettings, load_serve_config
 from prism.serve.app import BUILDER, DEPLOYMENT
 from prism.serve.errors import RequestError
 from prism.serve.images import decode_base64, open_checked
-from prism.serve.payload import read_payload
-from prism.serve.schemas import limit_top_k
+from prism.serve.payload import parse_options, read_payload
+from prism.tasks.multihead.task import MultiHeadOptions
 from tests.conftest import ROOT
 from tests.helpers.images import bomb_png, png
 
@@ -82,7 +82,7 @@ def test_load_serve_config_errors(tmp_path):
         ("max_batch_size", 0, "greater than or equal to 1"),
         ("batch_wait_timeout_s", -1, "greater than or equal to 0"),
         ("model_uri", " ", "model_uri is empty"),
-        ("top_k", 0, "greater than or equal to 1"),
+        ("options", 3, "valid dictionary"),
         ("max_batch", 8, "Extra inputs are not permitted"),
         ("max_request_bytes", 0, "greater than or equal to 1"),
         ("reload", {"token_env": "my token"}, "token_env must name an environment variable"),
@@ -130,11 +130,15 @@ def test_decode_base64_plain_data_url_and_invalid():
         decode_base64("@@@", "images[2]")
 
 
-def test_limit_top_k_keeps_most_probable_first():
-    r = {"image": "a", "h": {"prediction": "y", "probabilities": {"x": 0.2, "y": 0.5, "z": 0.3}}, "n": 1}
-    assert limit_top_k(r, 2)["h"]["probabilities"] == {"y": 0.5, "z": 0.3}
-    assert list(limit_top_k(r, 2)["h"]["probabilities"]) == ["y", "z"]
-    assert limit_top_k(r, None) is r and limit_top_k(r, 1)["n"] == 1
+def test_request_options_are_the_tasks_over_the_deployment_defaults():
+    got = parse_options(MultiHeadOptions, {"tta": True, "top_k": 3}, {"tta": "false"})
+    assert (got.tta, got.top_k) == (False, 3)
+    assert parse_options(MultiHeadOptions, {"tta": True}, {"top_k": None}).top_k is None  # unset → default
+    for raw, message in (({"colour": "red"}, "colour: Extra inputs"), ({"top_k": "zero"}, "top_k")):
+        with pytest.raises(RequestError, match=message) as info:
+            parse_options(MultiHeadOptions, {}, raw)
+        assert (info.value.status, info.value.error) == (400, "invalid_request")
+        assert "this model accepts ['top_k', 'tta']" in info.value.detail
 
 
 # ----------------------------------------------------------------------------------------- payload
@@ -163,10 +167,12 @@ def multipart(files: list[tuple[str, bytes]], data: dict | None = None) -> Reque
 
 def test_read_payload_multipart_and_json():
     p = asyncio.run(read_payload(multipart([("a.png", b"1"), ("b.png", b"2")], {"tta": "false", "top_k": "2"}), 4))
-    assert (p.names, p.images, p.options.tta, p.options.top_k) == (["a.png", "b.png"], [b"1", b"2"], False, 2)
+    assert (p.names, p.images, p.options) == (["a.png", "b.png"], [b"1", b"2"], {"tta": "false", "top_k": "2"})
+    opts = parse_options(MultiHeadOptions, {}, p.options)  # form strings become the task's typed options
+    assert (opts.tta, opts.top_k) == (False, 2)
     body = {"images": [base64.b64encode(b"xy").decode()], "names": ["n"], "tta": True}
     p = asyncio.run(read_payload(request(json.dumps(body).encode(), "application/json"), 4))
-    assert (p.names, p.images, p.options.tta, p.options.top_k) == (["n"], [b"xy"], True, None)
+    assert (p.names, p.images, p.options) == (["n"], [b"xy"], {"tta": True})
 
 
 @pytest.mark.parametrize(
@@ -182,13 +188,11 @@ def test_read_payload_multipart_and_json():
          "3 images in one request, max_images_per_request=2"),
         (lambda: request(b"abc", "text/plain"), 415, "unsupported_media", "'text/plain' is not accepted"),
         (lambda: multipart([], {"tta": "true"}), 400, "empty_body", "no image files"),
-        (lambda: multipart([("a.png", b"1")], {"colour": "red"}), 400, "invalid_request", "unknown form field"),
-        (lambda: multipart([("a.png", b"1")], {"top_k": "zero"}), 400, "invalid_request", "top_k"),
         (lambda: multipart([("a", b"1"), ("b", b"2"), ("c", b"3")]), 413, "too_many_images", "more than 2"),
         (lambda: request(b"--x\r\n", "multipart/form-data"), 400, "invalid_request", "malformed multipart"),
     ],
     ids=["no-body", "empty-json", "no-images", "schema", "names", "too-many-json", "content-type",
-         "no-files", "unknown-field", "bad-option", "too-many-files", "no-boundary"],
+         "no-files", "too-many-files", "no-boundary"],
 )
 def test_read_payload_errors(make, status, error, message):
     with pytest.raises(RequestError, match=message) as info:

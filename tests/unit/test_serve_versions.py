@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from prism.serve.model import ServedModel, run_batch
 from prism.tracking import set_alias
@@ -83,22 +82,26 @@ def test_failed_reload_keeps_the_served_version(champion_v1):
     asyncio.run(scenario())
 
 
-def test_run_batch_stacks_uint8_and_matches_the_predictor(champion_v1, tmp_path):
+def test_run_batch_runs_one_batch_per_tta_and_matches_the_predictor(champion_v1, tmp_path):
     from prism.inference.predictor import Predictor
+    from prism.serve.model import Item
 
     predictor = Predictor.from_bundle(champion_v1.bundles[1], device="cpu")
     paths = sample_images(tmp_path / "img", n=3)
-    images = [Image.open(p).convert("RGB") for p in paths]
+    ttas = [True, False, True]
+    items = [Item(p.read_bytes(), p.name, predictor.prepare(p.read_bytes(), p.name, predictor.options(tta=t)),
+                  id(predictor), predictor.options(tta=t)) for p, t in zip(paths, ttas, strict=True)]
     seen = []
-    original = predictor.predict_arrays
+    original = predictor.predict_prepared
 
-    def record(arrays, tta):
-        seen.append((arrays.shape, arrays.dtype, tta))
-        return original(arrays, tta)
+    def record(prepared, options):
+        seen.append((len(prepared), [o.tta for o in options], prepared[0][0]["image"].dtype))
+        return original(prepared, options)
 
-    predictor.predict_arrays = record
-    got = run_batch(predictor, images, [True, False, True])
-    assert seen == [((1, 64, 64, 3), np.uint8, False), ((2, 64, 64, 3), np.uint8, True)]
+    predictor.predict_prepared = record
+    got = run_batch(predictor, items)
+    predictor.predict_prepared = original
+    assert seen == [(1, [False], np.uint8), (2, [True, True], np.uint8)]
     for path, result, tta in zip(paths, got, [True, False, True], strict=True):
         (expected,) = predictor.predict([str(path)], tta=tta)
         for head in ("presence", "closure", "circularity"):
@@ -119,5 +122,7 @@ def test_run_local_refuses_a_model_that_does_not_resolve_before_starting_ray(cha
     with pytest.raises(ConfigError, match="cannot serve 'models:/circles-serve@nope'.*aliases: champion -> v1"):
         run_local(config, tracking_uri=champion_v1.tracking_uri, model_uri=f"models:/{MODEL_NAME}@nope")
     with pytest.raises(ConfigError, match="no registered model 'circles'"):
-        run_local(AppArgs(tracking_uri=champion_v1.tracking_uri))  # the default models:/circles@champion
+        run_local(AppArgs(tracking_uri=champion_v1.tracking_uri), model_uri="models:/circles@champion")
+    with pytest.raises(ConfigError, match="no model_uri: set user_config.model_uri"):
+        run_local(AppArgs(tracking_uri=champion_v1.tracking_uri))  # a model is never guessed
     assert ray_wanted == []

@@ -1,14 +1,18 @@
-"""Save and load adapted weights (heads, LoRA, unfrozen base tensors) as safetensors.
+"""Save and load adapted weights (heads, LoRA of every site, unfrozen base tensors) as safetensors.
 
 Files hold only the named tensors, under their names in `model.named_parameters()` (or, for the
 LoRA-only variants, `backbone.named_parameters()`), plus string metadata:
 
     prism.lora_config           JSON of `backbone.lora_config` when the backbone has LoRA
+    prism.lora_sites            JSON of `model.heads.lora_sites` when the heads have LoRA sites
+                                ({site: {module, targets, rank, alpha, dropout, modules}}, see
+                                `prism.adapters.sites`); absent in files written before head sites existed
     prism.backbone              backbone name, when known
     prism.base_weights_sha256   `backbone.weights_sha256`, the base the adapters were trained on
 
-Loading into a backbone without LoRA first injects adapters with the recorded settings, so a fresh
-`create_backbone(...)` + heads can receive a saved adaptation directly.
+Loading into a model without those adapters first injects them with the recorded settings (the backbone's
+LoRA when it has none, each recorded head site the heads lack), so a fresh `create_backbone(...)` + heads
+can receive a saved adaptation directly.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prism.adapters.lora import add_lora, lora_parameter_names
+from prism.adapters.sites import head_sites, inject_recorded_sites, site_differences
+from prism.adapters.stages import parameter_groups
 
 __all__ = ["LoadResult", "adapted_state_dict", "load_adapted", "load_lora", "save_adapted", "save_lora"]
 
 _LORA_KEY = "prism.lora_config"
+_SITES_KEY = "prism.lora_sites"
 _BACKBONE_KEY = "prism.backbone"
 _SHA_KEY = "prism.base_weights_sha256"
 _COMPARED = ("rank", "alpha", "targets", "blocks")  # settings that change the weights' meaning
@@ -95,14 +102,19 @@ def save_adapted(
 ) -> Path:
     """Write the parameters `names` of `model` (which has .backbone and .heads) to a safetensors file.
 
-    `metadata` (str -> str) is stored next to the backbone's LoRA settings and base hash. Returns the path.
+    `metadata` (str -> str) is stored next to the LoRA settings of every site and the base hash.
+    Returns the path.
     """
     metadata = dict(metadata or {})
     bad = {k: v for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
     if bad:
         raise ValueError(f"safetensors metadata must map str to str; convert these entries: {bad}")
     tensors = adapted_state_dict(model, names)
-    return _write(path, tensors, {**metadata, **_backbone_metadata(getattr(model, "backbone", None))})
+    recorded = _backbone_metadata(getattr(model, "backbone", None))
+    sites = head_sites(model)
+    if sites:
+        recorded[_SITES_KEY] = json.dumps(sites, sort_keys=True)
+    return _write(path, tensors, {**metadata, **recorded})
 
 
 def _read(path: str | PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -144,6 +156,25 @@ def _prepare_backbone(backbone: nn.Module, metadata: Mapping[str, str], path: An
         )
 
 
+def _prepare_heads(model: nn.Module, metadata: Mapping[str, str], path: Any) -> None:
+    """Inject each recorded head site the heads lack; check the settings of every recorded site agree."""
+    if _SITES_KEY not in metadata:  # no head sites at save time, or a file from before they existed
+        return
+    recorded = json.loads(metadata[_SITES_KEY])
+    try:
+        inject_recorded_sites(model, recorded)
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: cannot inject the recorded LoRA head sites {sorted(recorded)}: {err}"
+        ) from None
+    differ = site_differences(recorded, head_sites(model))
+    if differ:
+        raise ValueError(
+            f"{path}: LoRA head-site settings differ between file and model (file, model): {differ}; build "
+            "the heads without those sites and let the loader inject the recorded adapters"
+        )
+
+
 def _copy_in(
     module: nn.Module, tensors: Mapping[str, torch.Tensor], expected: set[str], strict: bool, path: Any
 ) -> tuple[list[str], list[str]]:
@@ -176,14 +207,17 @@ def _copy_in(
 def load_adapted(path: str | PathLike[str], model: nn.Module, strict: bool = True) -> LoadResult:
     """Load a `save_adapted` file into `model` (which has .backbone and .heads), in place.
 
-    With strict=True every file key must be a parameter of the model, every head and LoRA parameter of
-    the model must be in the file, and the backbone's base hash must match the recorded one; violations
-    raise ValueError naming the keys. Shapes must always match.
+    Recorded LoRA the model lacks is injected first (backbone and head sites); recorded settings that
+    differ from the model's raise ValueError. With strict=True every file key must be a parameter of the
+    model, every parameter of the "head" group and every LoRA parameter of every site must be in the file
+    (base parameters of head sites, like the backbone's, load when present), and the backbone's base hash
+    must match the recorded one; violations raise ValueError naming the keys. Shapes must always match.
     """
     tensors, metadata = _read(path)
     _prepare_backbone(model.backbone, metadata, path, strict)
-    expected = {n for n, _ in model.named_parameters() if n.startswith("heads.")}
-    expected |= {f"backbone.{n}" for n in lora_parameter_names(model.backbone)}
+    _prepare_heads(model, metadata, path)
+    groups = parameter_groups(model)
+    expected = set().union(*(names for g, names in groups.items() if g == "head" or g.startswith("lora.")))
     missing, unexpected = _copy_in(model, tensors, expected, strict, path)
     return LoadResult(missing, unexpected, metadata)
 

@@ -4,7 +4,8 @@ peft's `merge_and_unload` lives on `PeftModel` / `LoraModel`, which `inject_adap
 return; this applies the same per-layer steps to a plain module: each outermost LoRA layer merges
 (W <- W + alpha / r * B @ A, checked for NaNs) and is replaced by its base module, using the layer's own
 `unload_and_optionally_merge_module` when peft defines one (parameter and multi-head-attention wrappers).
-After merging, parameter names are the backbone's original ones again.
+Every site merges: the backbone's LoRA and the head sites of `prism.adapters.sites` alike. After merging,
+parameter names are the model's original ones again.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def merge_lora(model: nn.Module, safe_merge: bool = True) -> nn.Module:
     """Merge every LoRA layer found in `model` (a backbone, or a model holding one) into its base weights,
     in place, and return `model`.
 
-    The merged model computes the same outputs as before up to float rounding, has no LoRA parameters,
-    and its backbone's `lora_config` becomes None (the settings move to `merged_lora_config`).
+    The merged model computes the same outputs as before up to float rounding and has no LoRA parameters;
+    its backbone's `lora_config` becomes None (the settings move to `merged_lora_config`) and so does its
+    heads' `lora_sites` (moved to `merged_lora_sites`).
     A model without LoRA is returned unchanged. safe_merge checks the merged weights for NaN/inf.
     """
     for name in _outermost_lora_layers(model):
@@ -43,6 +45,9 @@ def merge_lora(model: nn.Module, safe_merge: bool = True) -> nn.Module:
         if getattr(module, "lora_config", None) is not None:
             module.merged_lora_config = module.lora_config
             module.lora_config = None
+        if getattr(module, "lora_sites", None):
+            module.merged_lora_sites = module.lora_sites
+            module.lora_sites = None
         if hasattr(module, "peft_config"):
             del module.peft_config
     return model

@@ -5,6 +5,12 @@
     out["cls"]      # (B, C)
     out["patches"]  # (B, H / p, W / p, C)
 
+    out = backbone(images, layers=(3, -1))  # one pass; outputs of block 3 and of the last block
+    out["layers"]   # ((B, H / p, W / p, C), (B, H / p, W / p, C)), before the final norm
+
+    clip = create_backbone("clip_vitb16", weights="open_clip_vitb16.safetensors")
+    clip(images)["embedding"]  # (B, D): CLIP.encode_image(images); D = clip.embedding_dim (None for DINO)
+
 See `prism.backbones.base.Backbone` for the attributes and `freeze`, `prism.backbones.weights` for the
 checkpoint formats `weights=` accepts.
 """

@@ -79,6 +79,8 @@ def create_backbone(
     assert isinstance(backbone, Backbone), type(backbone)
     if weights is not None:
         load_weights(backbone, weights)
+    elif any(p.is_meta for p in backbone.parameters()):
+        backbone.weights_sha256 = ""  # built on the meta device (shapes only): there are no bytes to hash
     else:
         backbone.weights_sha256 = state_dict_sha256(backbone)
     return backbone

@@ -3,10 +3,15 @@
 A backbone wraps a library model (a timm `VisionTransformer`, an open_clip visual tower) under the
 attribute `model` and maps a normalised image batch (B, 3, H, W) to
 
-    {"cls": (B, C), "patches": (B, H / p, W / p, C)}
+    {"cls": (B, C), "patches": (B, H / p, W / p, C)}           always
+     "embedding": (B, D)                                        when embedding_dim is not None (CLIP)
+     "layers": ((B, H / p, W / p, C), ...)                      when forward(x, layers=[i, ...]) asks
 
-where p is `patch_size` and C is `embed_dim`. Extra prefix tokens (DINOv2 registers) are never part of
-"patches". Both outputs have passed the model's final norm.
+where p is `patch_size`, C is `embed_dim` and D is `embedding_dim`. "cls" and "patches" have passed the
+model's final norm; extra prefix tokens (DINOv2 registers) are never part of "patches". "embedding" is the
+image embedding of a CLIP model's joint image-text space (`CLIP.encode_image`, not normalised). "layers"
+holds the outputs of the requested transformer blocks (before the final norm, prefix tokens removed), one
+per requested index in the order asked, all from the same single pass over the blocks.
 """
 
 from __future__ import annotations
@@ -72,10 +77,11 @@ def _matches(name: str, prefixes: Sequence[str]) -> bool:
 
 
 class Backbone(nn.Module):
-    """Base class of every registered backbone; subclasses implement `_tokens`.
+    """Base class of every registered backbone; subclasses implement `_features`.
 
-    Attributes (set at build): name, family, patch_size, embed_dim, img_size, num_blocks,
-    block_names (qualified module names relative to this module, e.g. "model.blocks.3"),
+    Attributes (set at build): name, family, patch_size, embed_dim, embedding_dim (width D of the
+    "embedding" output, None when the family has none), img_size, num_blocks, block_names (qualified
+    module names relative to this module, e.g. "model.blocks.3"),
     mean / std (the input normalisation the weights expect), weights_sha256 (hash of the base
     state dict as built, see `state_dict_sha256`) and dynamic_img_size (whether inputs other than
     img_size x img_size are accepted).
@@ -97,12 +103,14 @@ class Backbone(nn.Module):
         num_blocks: int,
         mean: Sequence[float],
         std: Sequence[float],
+        embedding_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.patch_size = int(patch_size)
         self.embed_dim = int(embed_dim)
+        self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
         self.img_size = int(img_size)
         self.num_blocks = int(num_blocks)
         self.block_names = [f"{self.block_prefix}.{i}" for i in range(self.num_blocks)]
@@ -113,12 +121,48 @@ class Backbone(nn.Module):
             assert self.get_submodule(block) is not None, block
 
     # ------------------------------------------------------------------ forward
-    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> cls (B, C), patch tokens (B, H/p * W/p, C) in row-major order."""
+    def _features(
+        self, x: torch.Tensor, indices: tuple[int, ...]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """One pass over the blocks. x (B, 3, H, W), indices ascending and unique in 0..num_blocks-1 ->
+
+        ({"cls": (B, C), "patches": (B, N, C)[, "embedding": (B, D)]}, [(B, N, C) per index])
+
+        with N = H/p * W/p tokens in row-major order; the list holds the block outputs, prefix tokens removed.
+        """
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (B, 3, H, W) normalised with `mean`/`std` -> {"cls": (B, C), "patches": (B, H/p, W/p, C)}."""
+    def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        """Block indices `layers` (negative ones count from the end, -1 = last) as indices in 0..num_blocks-1.
+
+        ValueError for a non-sequence, a non-int, an index out of range or a block named twice.
+        """
+        n = self.num_blocks
+        valid = f"valid block indices are -{n}..{n - 1} (-1 = the last block)"
+        if isinstance(layers, str) or not isinstance(layers, Sequence):
+            raise ValueError(
+                f"{self.name}: layers must be a sequence of block indices, got {layers!r}; {valid}"
+            )
+        bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+        if bad:
+            raise ValueError(f"{self.name}: layers {list(layers)} has {bad} out of range; {valid}")
+        resolved = tuple(i % n for i in layers)
+        twice = sorted({i for i in resolved if resolved.count(i) > 1})
+        if twice:
+            raise ValueError(
+                f"{self.name}: layers {list(layers)} names block(s) {twice} more than once; give each block "
+                f"once ({valid})"
+            )
+        return resolved
+
+    def forward(
+        self, x: torch.Tensor, layers: Sequence[int] = ()
+    ) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
+        """x: (B, 3, H, W) normalised with `mean`/`std`; layers: block indices (see `resolve_layers`) ->
+
+        {"cls": (B, C), "patches": (B, H/p, W/p, C)}, plus "embedding": (B, D) when `embedding_dim` is set,
+        plus "layers": a tuple of (B, H/p, W/p, C) block outputs, one per entry of `layers`, when non-empty.
+        """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}: expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
@@ -135,9 +179,17 @@ class Backbone(nn.Module):
                 f"family has fixed position embeddings; resize the images to {self.img_size}x{self.img_size} "
                 "or rebuild the backbone with another img_size"
             )
-        cls, patches = self._tokens(x)
-        batch = x.shape[0]
-        return {"cls": cls, "patches": patches.reshape(batch, height // p, width // p, patches.shape[-1])}
+        wanted = self.resolve_layers(layers)
+        taken = tuple(sorted(wanted))
+        out, blocks = self._features(x, taken)
+        assert len(blocks) == len(taken), (len(blocks), taken)
+        grid = (x.shape[0], height // p, width // p, -1)
+        result: dict[str, torch.Tensor | tuple[torch.Tensor, ...]] = dict(out)
+        result["patches"] = out["patches"].reshape(grid)
+        if wanted:
+            by_index = dict(zip(taken, blocks, strict=True))
+            result["layers"] = tuple(by_index[i].reshape(grid) for i in wanted)
+        return result
 
     # ------------------------------------------------------------------ freezing
     def block_index(self, param_name: str) -> int | None:
@@ -211,5 +263,6 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, family={self.family!r}, patch_size={self.patch_size}, "
-            f"embed_dim={self.embed_dim}, img_size={self.img_size}, num_blocks={self.num_blocks}"
+            f"embed_dim={self.embed_dim}, embedding_dim={self.embedding_dim}, img_size={self.img_size}, "
+            f"num_blocks={self.num_blocks}"
         )

@@ -1,10 +1,18 @@
 """CLIP image towers built by open_clip (family "open_clip").
 
 The wrapped module is the `visual` tower of an open_clip CLIP model, an
-`open_clip.transformer.VisionTransformer`, with `output_tokens=True` and its image projection `proj`
-removed: its forward then returns `ln_post` applied to the class token and to the patch tokens, both of
-width C (768 for ViT-B, 1024 for ViT-L), which is what this backbone outputs. Blocks are
-"model.transformer.resblocks.{i}". Position embeddings are fixed: inputs must be img_size x img_size.
+`open_clip.transformer.VisionTransformer`, as open_clip builds it, image projection `proj` (C, D)
+included, so `backbone.model.state_dict()` is a visual state dict in open_clip's own key format and
+`backbone.model(x)` is `CLIP.encode_image(x)`. The backbone runs the tower's steps itself, once:
+
+    tokens = ln_pre(embeddings(x))                      (B, 1 + N, C), N = (S / p)^2
+    tokens = transformer(tokens)                        block outputs -> "layers" (class token removed)
+    cls, patches = ln_post(tokens)[:, 0], [:, 1:]       (B, C), (B, N, C) -> "cls", "patches"
+    embedding = cls @ proj                              (B, D) -> "embedding" = CLIP.encode_image(x)
+
+with C the tower width (768 for ViT-B, 1024 for ViT-L) and D the joint image-text width (512 for ViT-B,
+768 for ViT-L). Blocks are "model.transformer.resblocks.{i}". Position embeddings are fixed: inputs must
+be img_size x img_size.
 """
 
 from __future__ import annotations
@@ -29,17 +37,30 @@ _TINY = {"width": 48, "layers": 3, "head_width": 24, "patch_size": 16, "image_si
 
 
 class OpenClipBackbone(Backbone):
-    """open_clip VisionTransformer wrapper: cls = ln_post(class token), patches = ln_post(patch tokens)."""
+    """open_clip VisionTransformer wrapper: cls = ln_post(class token), patches = ln_post(patch tokens),
+    embedding = the tower's pooled output times its projection `proj`."""
 
     family = "open_clip"
     block_prefix = "model.transformer.resblocks"
     embedding_names = ("model.class_embedding", "model.positional_embedding", "model.conv1", "model.ln_pre")
     dynamic_img_size = False
 
-    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) -> cls (B, C), patches (B, (S/p)^2, C)."""
-        pooled, tokens = self.model(x)  # output_tokens=True, proj=None: (B, C), (B, N, C) after ln_post
-        return pooled, tokens
+    def _features(
+        self, x: torch.Tensor, indices: tuple[int, ...]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """(B, 3, S, S) -> ({"cls": (B, C), "patches": (B, N, C), "embedding": (B, D)},
+        [(B, N, C) output of block i, class token removed, per index])."""
+        visual = self.model
+        tokens = visual._embeds(x)  # (B, 1 + N, C) after ln_pre; the steps of VisionTransformer.forward
+        if indices:
+            tokens, blocks = visual.transformer.forward_intermediates(tokens, indices=list(indices))
+        else:
+            tokens, blocks = visual.transformer(tokens), []
+        pooled, patches = visual._pool(tokens)  # ln_post, then class token / patch tokens
+        return (
+            {"cls": pooled, "patches": patches, "embedding": pooled @ visual.proj},
+            [block[:, 1:] for block in blocks],
+        )
 
 
 @dataclass(frozen=True)
@@ -90,14 +111,13 @@ def build_open_clip(
         visual = clip.visual
     else:
         visual = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=cfg.get("quick_gelu", False))
-    visual.proj = None  # features stay at the tower width C; the CLIP joint-space projection is not used
-    visual.output_tokens = True
     pretrained_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) if spec.tag else {}
     return OpenClipBackbone(
         visual,
         name=spec.name,
         patch_size=patch_size,
         embed_dim=visual.transformer.width,
+        embedding_dim=visual.proj.shape[1],
         img_size=img_size,
         num_blocks=len(visual.transformer.resblocks),
         mean=pretrained_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),

@@ -3,6 +3,10 @@
 The wrapped module is a timm `VisionTransformer` without classifier (num_classes=0) and with
 dynamic_img_size=True, so any input whose sides are multiples of the patch size is accepted (the
 position embeddings are interpolated on the fly by timm). Blocks are "model.blocks.{i}".
+
+Outputs: "cls" (B, C) and "patches" (B, H/p, W/p, C) after the final norm; "layers" (block outputs,
+before the final norm) come from timm's own `VisionTransformer.forward_intermediates` in the same pass.
+These families have no joint image-text space: embedding_dim is None and there is no "embedding".
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ _TINY_CONV = {**_TINY_DINOV2, "embed_dim": 64, "patch_size": 16, "embed_layer": 
 class TimmViTBackbone(Backbone):
     """timm VisionTransformer wrapper: cls = final-norm class token, patches = final-norm patch tokens.
 
-    Register tokens (DINOv2 *_reg) sit between the class token and the patches and are dropped.
+    Register tokens (DINOv2 *_reg) sit between the class token and the patches and are dropped, from
+    "patches" and from every entry of "layers".
     """
 
     family = "timm_vit"
@@ -75,10 +80,20 @@ class TimmViTBackbone(Backbone):
     )
     dynamic_img_size = True
 
-    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> cls (B, C), patches (B, H/p * W/p, C)."""
-        tokens = self.model.forward_features(x)  # (B, num_prefix_tokens + N, C), after the final norm
-        return tokens[:, 0], tokens[:, self.model.num_prefix_tokens :]
+    def _features(
+        self, x: torch.Tensor, indices: tuple[int, ...]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """(B, 3, H, W) -> ({"cls": (B, C), "patches": (B, N, C)},
+        [(B, N, C) output of block i, prefix tokens removed, per index])."""
+        if indices:
+            # one pass; intermediates are taken before the final norm, prefix tokens already stripped
+            tokens, blocks = self.model.forward_intermediates(
+                x, indices=list(indices), norm=False, output_fmt="NLC"
+            )
+        else:
+            tokens, blocks = self.model.forward_features(x), []
+        # tokens: (B, num_prefix_tokens + N, C), after the final norm
+        return {"cls": tokens[:, 0], "patches": tokens[:, self.model.num_prefix_tokens :]}, list(blocks)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ Formats per family, converted by the libraries' own helpers:
              A classifier "head.*" is dropped (the backbone has no head).
   open_clip  a full CLIP state dict ("visual.*" keys, text tower and logit_scale ignored) or a
              visual-only state dict. pos embeddings are resized by `open_clip.model.resize_pos_embed`.
-             The image projection "proj" is dropped (the backbone returns width-C features).
+             The image projection "proj" (C, D) is required and loaded with the rest: the backbone
+             keeps it to return "embedding" (visual-only files saved before it was kept lack it and
+             are refused as missing "proj").
 Every tensor the backbone holds must be present with the right shape and nothing else may remain,
 otherwise ValueError names the missing, unexpected and mis-shaped keys.
 """
@@ -96,11 +98,10 @@ def _timm_vit_state(state: StateDict, model: nn.Module) -> StateDict:
 
 
 def _open_clip_state(state: StateDict, visual: nn.Module) -> StateDict:
-    """Full CLIP or visual-only open_clip state dict -> keys of the visual tower (proj dropped)."""
+    """Full CLIP or visual-only open_clip state dict -> keys of the visual tower (proj included)."""
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     state = dict(state)
-    state.pop("proj", None)
     if "positional_embedding" in state:
         wrapped = {"visual.positional_embedding": state["positional_embedding"]}
         resize_pos_embed(wrapped, SimpleNamespace(visual=visual))

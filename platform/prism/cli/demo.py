@@ -50,13 +50,13 @@ def run_demo(workdir: Path = Path("."), overrides: list[str] | None = None, serv
     """Run the demo in ``workdir`` (which must hold ``jobs/circles.yaml`` and ``serve_configs/``)."""
     from ray import serve
 
-    from prism.tasks.multihead.client import classify_circles
     from prism.config import load_config
     from prism.data import split_labels
+    from prism.engine.driver import run_training
     from prism.serve import run_local
     from prism.tasks import build_task
+    from prism.tasks.multihead.client import classify_circles
     from prism.tracking import browse_command, configure_tracking
-    from prism.engine.driver import run_training
 
     os.chdir(workdir)
     for needed in (DEMO_JOB, SERVE_CONFIG):

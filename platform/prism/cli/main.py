@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from prism.config.schema import ConfigError
+
 __all__ = ["main"]
 
 EPILOG = """examples:
@@ -55,6 +57,9 @@ def _cmd_tune(args) -> int:
 
 
 def _write_results(pred, results, out: Path | None, fmt: str) -> None:
+    from prism.tasks.outputs import encode_result, write_binary_outputs
+
+    results = encode_result(results) if out is None else write_binary_outputs(results, out.with_suffix(""))
     frame = pred.to_dataframe(results)
     if out is None:
         if fmt == "json":
@@ -73,12 +78,33 @@ def _write_results(pred, results, out: Path | None, fmt: str) -> None:
         print(f"[prism] wrote {path}")
 
 
+def _parse_options(items: list[str]) -> dict:
+    """``key=value`` pairs (values parsed as YAML) → a dict of request options."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r} must look like key=value (e.g. top_k=3)")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
 def _cmd_predict(args) -> int:
+    from pydantic import ValidationError
+
     from prism.inference.predictor import expand_image_paths, load_predictor
 
     pred = load_predictor(args.model, device=args.device)
+    try:
+        options = pred.options(_parse_options(args.option), tta=False if args.no_tta else None)
+    except ValidationError as exc:
+        accepted = ", ".join(sorted(pred.task.options_class.model_fields))
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"--option: {problems}; task '{pred.task.name}' accepts: {accepted}") from None
     paths = expand_image_paths(args.images)
-    results = pred.predict([str(p) for p in paths], tta=not args.no_tta, batch_size=args.batch_size,
+    results = pred.predict([str(p) for p in paths], batch_size=args.batch_size, options=options,
                            progress=len(paths) > args.batch_size)
     fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
     _write_results(pred, results, args.out, fmt)
@@ -177,8 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict images (files or folders) → CSV / JSON")
     model_args(p)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", type=Path, default=None, help="output file (.csv or .json); default: stdout")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output file (.csv or .json); default: stdout. Binary outputs (masks, renders) are written "
+                   "as files into a folder named like it without the suffix, and the table holds their paths")
     p.add_argument("--format", choices=["csv", "json", "both"], default=None)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a request option of the model's task, repeatable (e.g. --option top_k=3 for a "
+                   "classifier); the same options Serve's POST /predict takes")
     p.set_defaults(fn=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="metrics + confusion matrices of a model on a labelled table",
@@ -212,8 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (blocks; Ctrl-C stops it)")
-    p.add_argument("config", type=Path, nargs="?", default=Path("serve_configs/circles.yaml"),
-                   help="Serve config YAML (default: serve_configs/circles.yaml)")
+    p.add_argument("config", type=Path, help="Serve config YAML, e.g. serve_configs/circles.yaml")
     p.add_argument("--model", default=None,
                    help="model to serve instead of the config's user_config.model_uri, e.g. models:/circles/3")
     p.add_argument("--tracking-uri", default=None,
@@ -240,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         set_verbose(True)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from prism.config.schema import ConfigError
     from prism.data.table import BadRowsError
 
     try:

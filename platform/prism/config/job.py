@@ -9,14 +9,15 @@ raises :class:`~prism.config.schema.ConfigError` naming the key (and the closest
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from prism.config.schema import ConfigError, StrictModel, format_validation_error
-from prism.tasks.multihead.config import MultiHeadTaskConfig
+from prism.tasks.registry import list_tasks, task_config_classes, unknown_task_message
 
 __all__ = [
     "AugmentConfig",
@@ -25,6 +26,8 @@ __all__ = [
     "DataConfig",
     "JobConfig",
     "LoraSettings",
+    "LoraSiteSettings",
+    "TaskConfigUnion",
     "StageConfig",
     "SyntheticDataConfig",
     "TrackingConfig",
@@ -50,14 +53,50 @@ class BackboneConfig(StrictModel):
         return self
 
 
+class LoraSiteSettings(StrictModel):
+    """LoRA at one site inside a task's heads (a site the task offers, e.g. ``decoder``); unset values
+    take the ``lora`` section's."""
+
+    rank: int | None = Field(default=None, ge=1)
+    alpha: float | None = Field(default=None, gt=0)
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    targets: list[str] | None = Field(
+        default=None, min_length=1, description="Module-name suffixes to adapt; None = the task's default."
+    )
+
+
 class LoraSettings(StrictModel):
-    """LoRA adapters injected with peft into the backbone's last K blocks."""
+    """LoRA adapters (peft) at named sites: the backbone's last K blocks, and sites inside a task's heads."""
 
     rank: int = Field(default=8, ge=1)
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    last_k: int | None = Field(default=None, ge=1, description="Adapt the last K blocks; None = all.")
+    backbone: bool = Field(default=True, description="Adapt the backbone (site 'backbone').")
+    last_k: int | None = Field(default=None, ge=1, description="Adapt the backbone's last K blocks; None = all.")
     targets: list[Literal["attn", "mlp"]] = Field(default_factory=lambda: ["attn"], min_length=1)
+    sites: dict[str, LoraSiteSettings] = Field(
+        default_factory=dict,
+        description="Sites inside the task's heads to adapt too, {site: {rank, alpha, dropout, targets}}; the "
+        "task lists the sites it offers (e.g. SAM's mask decoder: decoder).",
+    )
+
+    @field_validator("sites")
+    @classmethod
+    def _site_names(cls, v: dict[str, LoraSiteSettings]) -> dict[str, LoraSiteSettings]:
+        bad = [k for k in v if not _SITE.fullmatch(k) or k == "backbone"]
+        if bad:
+            raise ValueError(f"site names must match [a-z][a-z0-9_]* and not be 'backbone', got {bad}")
+        return v
+
+    def site_names(self) -> list[str]:
+        """The LoRA sites this section creates: ``backbone`` (if adapted) and the head sites."""
+        return (["backbone"] if self.backbone else []) + sorted(self.sites)
+
+
+_SITE = re.compile(r"[a-z][a-z0-9_]*")
+LR_KEY = re.compile(r"head|backbone|lora|(?:lora|head)\.[a-z][a-z0-9_]*")
+"""Learning-rate group keys: ``head``, ``backbone``, ``lora`` (every LoRA site), ``lora.<site>`` (one site,
+e.g. ``lora.backbone``, ``lora.decoder``) and ``head.<site>`` (the base weights of a head site)."""
 
 
 class StageConfig(StrictModel):
@@ -66,7 +105,14 @@ class StageConfig(StrictModel):
     name: str | None = Field(default=None, description="Display name; defaults to the kind.")
     kind: Literal["probe", "lora", "unfreeze"]
     epochs: int = Field(ge=1)
-    lr: dict[Literal["head", "lora", "backbone"], float] = Field(description="Learning rate per group.")
+    lr: dict[str, float] = Field(
+        description="Learning rate per parameter group: head, backbone, lora (every LoRA site), lora.<site> "
+        "(one site, overrides lora), head.<site> (a head site's base weights; they train only when named). "
+        "Checked against the built model, which lists its groups."
+    )
+    lora_sites: list[str] | None = Field(
+        default=None, description="lora / unfreeze stages: the LoRA sites that train; None = every site."
+    )
     blocks: Literal["all"] | int | list[int] = Field(
         default="all", description="unfreeze only: 'all', the last N blocks, or a list of block indices."
     )
@@ -75,6 +121,10 @@ class StageConfig(StrictModel):
     @field_validator("lr")
     @classmethod
     def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = [k for k in v if not LR_KEY.fullmatch(k)]
+        if unknown:
+            raise ValueError(f"unknown learning-rate group(s) {unknown}; use head, backbone, lora, lora.<site> "
+                             "or head.<site>")
         bad = {k: x for k, x in v.items() if not x > 0}
         if bad:
             raise ValueError(f"learning rates must be > 0, got {bad}")
@@ -84,10 +134,13 @@ class StageConfig(StrictModel):
     def _defaults(self) -> StageConfig:
         if self.name is None:
             self.name = self.kind
-        needed = {"probe": {"head"}, "lora": {"head", "lora"}, "unfreeze": {"head", "backbone"}}[self.kind]
+        needed = {"probe": {"head"}, "lora": {"head"}, "unfreeze": {"head", "backbone"}}[self.kind]
         missing = sorted(needed - set(self.lr))
+        if self.kind == "lora" and not any(k == "lora" or k.startswith("lora.") for k in self.lr):
+            missing.append("lora")
         if missing:
-            raise ValueError(f"stage '{self.name}' ({self.kind}) needs lr for {missing}, got {sorted(self.lr)}")
+            raise ValueError(f"stage '{self.name}' ({self.kind}) needs lr for {missing}, got {sorted(self.lr)}"
+                             + (" (lr.lora covers every LoRA site; lr.lora.<site> one site)" if "lora" in missing else ""))
         return self
 
 
@@ -174,8 +227,10 @@ class TrainConfig(StrictModel):
         default="auto", description="auto = bf16 on GPUs that support it, else fp16 on GPU, off on CPU; "
         "bf16 = bf16 on GPU and CPU (fast on CPUs with AVX512-BF16 or AMX)."
     )
-    metric: str = Field(default="val/macro_f1", description="Metric that picks the best checkpoint.")
-    mode: Literal["max", "min"] = "max"
+    metric: str | None = Field(
+        default=None, description="Metric that picks the best checkpoint; None = the task's default metric."
+    )
+    mode: Literal["max", "min"] | None = Field(default=None, description="None = the task's default mode.")
     early_stop_patience: int | None = Field(
         default=None, ge=1, description="End a stage after this many epochs without improvement."
     )
@@ -207,24 +262,60 @@ class TrackingConfig(StrictModel):
     tracking_uri: str | None = Field(default=None, description="Overrides MLFLOW_TRACKING_URI.")
 
 
-class JobConfig(StrictModel):
-    """A whole training job."""
+def _task_union() -> Any:
+    """``task``: the registered task configs, discriminated by ``name``."""
+    classes = task_config_classes()
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="name")]  # noqa: UP007
 
-    task: MultiHeadTaskConfig
+
+TaskConfigUnion = _task_union()
+
+
+class JobConfig(StrictModel):
+    """A whole job: which task, on which backbone and adapters, trained by which plan, on which data."""
+
+    task: TaskConfigUnion
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     lora: LoraSettings | None = Field(default_factory=LoraSettings, description="null = no LoRA.")
-    stages: list[StageConfig] = Field(min_length=1)
+    stages: list[StageConfig] = Field(
+        default_factory=list, description="The training plan; empty for a task that does not train."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_task(cls, raw: Any) -> Any:
+        task = raw.get("task") if isinstance(raw, dict) else None
+        if isinstance(task, dict) and task.get("name") not in list_tasks():
+            raise ValueError(f"task.name: {unknown_task_message(task.get('name'))}")
+        return raw
+
     @model_validator(mode="after")
     def _plan_consistent(self) -> JobConfig:
+        trains = type(self.task).trains
+        if trains and not self.stages:
+            raise ValueError(f"task '{self.task.name}' trains: give stages (e.g. a probe stage)")
+        if not trains and self.stages:
+            raise ValueError(f"task '{self.task.name}' does not train; set stages: []")
+        if self.train.metric is None:
+            self.train.metric = type(self.task).default_metric
+        if self.train.mode is None:
+            self.train.mode = type(self.task).default_mode
         for i, st in enumerate(self.stages):
             if st.kind == "lora" and self.lora is None:
                 raise ValueError(f"stages.{i} is a lora stage but lora is null; configure lora: {{rank: …}}")
-            if st.kind == "unfreeze" and self.lora is not None and "lora" not in st.lr:
+            if (st.kind == "unfreeze" and self.lora is not None and self.lora.site_names()
+                    and not any(k == "lora" or k.startswith("lora.") for k in st.lr)):
                 raise ValueError(f"stages.{i} ({st.name}) unfreezes with LoRA present: give lr.lora too")
+            sites = self.lora.site_names() if self.lora is not None else []
+            unknown = sorted(set(st.lora_sites or []) - set(sites))
+            if unknown:
+                raise ValueError(f"stages.{i} ({st.name}): lora_sites {unknown} are not configured; LoRA sites: "
+                                 f"{sites or 'none'}")
         return self
 
     @property

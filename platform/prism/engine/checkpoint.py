@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from prism.inference.bundle import WEIGHTS_FILE, write_bundle_meta
 from prism.engine.state import TrainState
+from prism.inference.bundle import WEIGHTS_FILE, write_bundle
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,15 +22,13 @@ __all__ = ["load_checkpoint", "save_checkpoint"]
 def save_checkpoint(path: Path, *, cfg: JobConfig, task: Task, model: nn.Module, names: list[str],
                     optimizer: torch.optim.Optimizer, state: TrainState, metrics: dict[str, float],
                     extra: dict | None = None) -> Path:
-    """Write a loadable bundle (see :mod:`prism.inference.bundle`) + ``optimizer.pt`` + ``state.json`` into ``path``."""
-    from prism.adapters import save_adapted
-
+    """Write a loadable bundle (:func:`prism.inference.bundle.write_bundle`, its ``metrics.json`` =
+    ``{"metrics": metrics, **extra}``) + ``optimizer.pt`` + ``state.json`` into ``path``."""
     path = Path(path)
-    write_bundle_meta(path, cfg, task, model)
-    save_adapted(path / WEIGHTS_FILE, model, names, metadata={"epoch": str(state.epoch)})
+    write_bundle(path, cfg, task, model, names, metrics={"metrics": metrics, **(extra or {})},
+                 metadata={"epoch": str(state.epoch)})
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
     state.save(path / "state.json")
-    (path / "metrics.json").write_text(json.dumps({"metrics": metrics, **(extra or {})}, default=float))
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,14 @@ import mlflow
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from prism.runtime.ray_cluster import ensure_ray
-from prism.config.schema import ConfigError
-from prism.inference.bundle import BUNDLE_FILES
 from prism.config import JobConfig
-from prism.runtime.console import train_logging_config, verbose
+from prism.config.schema import ConfigError
 from prism.engine.callbacks import MlflowEpochLogger
 from prism.engine.loop import train_loop_per_worker
+from prism.engine.model import check_plan
+from prism.inference.bundle import stage_bundle
+from prism.runtime.console import train_logging_config, verbose
+from prism.runtime.ray_cluster import ensure_ray
 
 if TYPE_CHECKING:
     from prism.data.datasets import TrainData
@@ -148,6 +148,10 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
     experiment_id = get_or_create_experiment(cfg.tracking.experiment)
     task = build_task(cfg)
     check_metric(cfg, task)
+    try:
+        check_plan(cfg, task)
+    except ValueError as exc:
+        raise ConfigError(f"stages: {exc}") from None
     with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name,
                           parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
@@ -191,10 +195,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
         outcome = TrainOutcome(run_id, best_value, cfg.train.metric, Path(best.path), history)
         if register and cfg.tracking.model_name:
             with tempfile.TemporaryDirectory() as tmp, best.as_directory() as d:
-                bundle = Path(tmp) / "bundle"
-                bundle.mkdir()
-                for name in (*BUNDLE_FILES, "metrics.json"):
-                    shutil.copy2(Path(d) / name, bundle / name)
+                bundle = stage_bundle(Path(d), Path(tmp) / "bundle")
                 mv = register_bundle(bundle, cfg.tracking.model_name, run_id=run_id, metric=cfg.train.metric,
                                      value=best_value, mode=cfg.train.mode, val_fingerprint=data.val_fingerprint)
             outcome.model_version = str(mv.version)

@@ -1,12 +1,21 @@
-"""Image tensors shared by every task: uint8 batches → normalised model input, and TTA views."""
+"""Batches between the data, the model and the results, for every task.
+
+- :func:`to_model_input`: ``uint8 (B, H, W, 3)`` → normalised float ``(B, 3, H, W)`` on the device.
+- :func:`model_inputs`: a task's collated inputs (``{"image": uint8 (B, H, W, 3), …}``) → device inputs.
+- :func:`to_device`: tensors anywhere in nested dicts / lists / tuples moved to a device.
+- :func:`stack_inputs`: per-image inputs from ``Task.preprocess`` → one numpy batch.
+- :func:`unbatch`: batched predictions → one dict per image (what ``Task.postprocess`` takes).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["apply_view", "to_model_input"]
+__all__ = ["model_inputs", "stack_inputs", "to_device", "to_model_input", "unbatch"]
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -35,16 +44,59 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return x.mul_(scale).add_(shift)
 
 
-def apply_view(x: torch.Tensor, op: str) -> torch.Tensor:
-    """One test-time view of ``(B, 3, H, W)``: ``identity``, ``hflip``, ``vflip``, ``rot90``, ``rot270``."""
-    if op == "identity":
-        return x
-    if op == "hflip":
-        return x.flip(-1)
-    if op == "vflip":
-        return x.flip(-2)
-    if op == "rot90":
-        return torch.rot90(x, 1, dims=(-2, -1))
-    if op == "rot270":
-        return torch.rot90(x, 3, dims=(-2, -1))
-    raise ValueError(f"unknown TTA op '{op}'; valid: identity, hflip, vflip, rot90, rot270")
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor in nested dicts / lists / tuples moved to ``device`` (structure kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def model_inputs(inputs: Mapping[str, Any], device: torch.device | str, mean: Sequence[float],
+                 std: Sequence[float]) -> dict[str, Any]:
+    """A task's collated inputs → what the model takes, on ``device``.
+
+    ``inputs["image"]`` ``uint8 (B, H, W, 3)`` (tensor or array) becomes float ``(B, 3, H, W)`` normalised with
+    the backbone's ``mean`` / ``std`` (:func:`to_model_input`); other entries (e.g. ``tokens`` int64
+    ``(B, L)``) are moved as they are, numpy arrays as tensors.
+    """
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if key == "image":
+            out[key] = to_model_input(value, mean, std, device)
+        else:
+            out[key] = to_device(value, device)
+    return out
+
+
+def stack_inputs(items: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image inputs (``Task.preprocess``, no batch dim) → ``{key: (B, …)}``; every image must have the
+    same keys and shapes per key (``ValueError`` naming the key otherwise)."""
+    if not items:
+        raise ValueError("no inputs to stack")
+    keys = list(items[0])
+    out = {}
+    for key in keys:
+        try:
+            out[key] = np.stack([np.asarray(item[key]) for item in items])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"cannot batch input {key!r}: {exc}") from None
+    return out
+
+
+def unbatch(predictions: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    """``{name: (B, …) tensor or list of B items}`` → B dicts ``{name: item}`` (tensors detached, on CPU)."""
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, value in predictions.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+        if len(value) != n:
+            raise ValueError(f"prediction {key!r} has {len(value)} items for a batch of {n}")
+        for i in range(n):
+            rows[i][key] = value[i]
+    return rows

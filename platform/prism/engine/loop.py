@@ -25,12 +25,15 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from prism.runtime.distributed import all_reduce_sum
 from prism.config import JobConfig
-from prism.runtime.console import quiet_train_worker
 from prism.engine.checkpoint import load_checkpoint, save_checkpoint
+from prism.engine.inputs import model_inputs, to_device
+from prism.engine.metrics import merged
 from prism.engine.precision import autocast, resolve_amp
+from prism.engine.predict import predict_batch
 from prism.engine.state import TrainState, is_better
+from prism.runtime.console import quiet_train_worker
+from prism.runtime.distributed import all_reduce_sum
 
 __all__ = ["shuffle_seed", "train_loop_per_worker"]
 
@@ -56,19 +59,28 @@ def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1009 + rank) % 2**32
 
 
-def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimizer, scaler, cfg: JobConfig,
-                 device: torch.device, amp_dtype, seed: int) -> dict[str, float]:
+def _batches(task, shard, batch_size: int, **kwargs):
+    """``(inputs, targets)`` on CPU from the task's Ray collate class (moved to the device by the caller:
+    ragged targets are lists of dicts, which Ray's own device transfer would not handle)."""
+    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=task.collate_fn(), device="cpu", **kwargs)
+
+
+def _train_epoch(task, ddp: nn.Module, model: nn.Module, params: list[nn.Parameter], shard, optimizer, scaler,
+                 cfg: JobConfig, device: torch.device, amp_dtype, seed: int) -> dict[str, float]:
     ddp.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # stays on the device: no sync per step
     rows = 0
     start = time.perf_counter()
     buffer = cfg.data.shuffle_buffer or None
-    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size, local_shuffle_buffer_size=buffer,
-                                          local_shuffle_seed=seed if buffer else None):
-        x, targets = task.collate(batch, device)
+    mean, std = model.backbone.mean, model.backbone.std
+    for inputs, targets in _batches(task, shard, cfg.data.batch_size, local_shuffle_buffer_size=buffer,
+                                    local_shuffle_seed=seed if buffer else None):
+        inputs = model_inputs(inputs, device, mean, std)
+        targets = to_device(targets, device)
+        n = len(inputs["image"])
         with autocast(device, amp_dtype):
-            outputs = ddp(x)
-        loss, _ = task.loss(outputs, targets)
+            outputs = ddp(inputs)
+            loss, _ = task.loss(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.train.grad_clip:
@@ -76,8 +88,8 @@ def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimi
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.detach().double() * len(x)
-        rows += len(x)
+        loss_sum += loss.detach().double() * n
+        rows += n
     loss_total = loss_sum.cpu()  # waits for the device's queued work, so `elapsed` includes it
     elapsed = time.perf_counter() - start
     totals = all_reduce_sum(torch.stack([loss_total, torch.tensor(rows, dtype=torch.float64)]))
@@ -89,15 +101,15 @@ def _train_epoch(task, ddp: nn.Module, params: list[nn.Parameter], shard, optimi
 
 @torch.no_grad()
 def _evaluate(task, model: nn.Module, shard, cfg: JobConfig):
-    """Validation scores what users get: the task's predictions with Serve's default TTA views."""
+    """Validation scores what users get: :func:`predict_batch` with Serve's default TTA views, merged
+    over every worker."""
     model.eval()
     acc = task.metrics()
-    for batch in shard.iter_torch_batches(batch_size=cfg.data.batch_size):
-        x, targets = task.collate(batch, device=next(model.parameters()).device)
-        outputs, loss = task.validation_step(model, x, targets, tta=True)
-        acc.update(outputs, targets, loss)
-    acc.reduce()
-    return acc
+    device = next(model.parameters()).device
+    for inputs, targets in _batches(task, shard, cfg.data.batch_size):
+        inputs = model_inputs(inputs, device, model.backbone.mean, model.backbone.std)
+        acc.update(predict_batch(task, model, inputs, tta=True, amp=cfg.train.amp), to_device(targets, device))
+    return merged(acc, task.metrics)
 
 
 def _restore(model: nn.Module, resume_from: str | None) -> tuple[TrainState, dict | None]:
@@ -113,6 +125,7 @@ def _restore(model: nn.Module, resume_from: str | None) -> tuple[TrainState, dic
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Run the stage plan of ``config["job"]`` on this worker (see the module docstring)."""
     from prism.adapters import apply_stage, trainable_names_union, trainable_report
+    from prism.engine.model import build_model
     from prism.tasks import build_task
 
     quiet_train_worker(bool(config.get("verbose")))
@@ -121,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
-    model = task.build_model()
+    model = build_model(cfg, task)
     names = sorted(trainable_names_union(model, cfg.stages))
     state, opt_state = _restore(model, config.get("resume_from"))
     device = ray.train.torch.get_device()
@@ -149,7 +162,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         ddp: nn.Module = model
         if world > 1:
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            # a CLIP tower's image projection is a backbone weight an unfreeze stage opens, unused unless the
+            # task reads features["embedding"]: DDP must then not wait for its gradient
+            unused = stage.kind == "unfreeze" and getattr(model.backbone, "embedding_dim", None) is not None
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=unused)
         if rank == 0:
             where = f"{world} workers (DDP, {dist_backend()})" if world > 1 else f"1 worker ({device.type})"
             log.info(f"[prism] stage {si + 1}/{len(cfg.stages)} '{stage.name}' ({stage.kind}, {stage.epochs} "
@@ -158,7 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for e in range(state.epoch_in_stage, stage.epochs):
             t0 = time.perf_counter()
             lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-            train_m = _train_epoch(task, ddp, params, train_shard, optimizer, scaler, cfg, device, amp_dtype,
+            train_m = _train_epoch(task, ddp, model, params, train_shard, optimizer, scaler, cfg, device, amp_dtype,
                                    shuffle_seed(cfg.train.seed, state.epoch + 1, rank))
             sched.step()
             acc = _evaluate(task, model, val_shard, cfg)

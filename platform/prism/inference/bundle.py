@@ -1,22 +1,32 @@
 """The model bundle: what a checkpoint and a registered model version hold, and how to rebuild the model.
 
-A bundle is a directory::
+A bundle (format version 2) is a directory::
 
-    weights.safetensors   adapted parameters only: LoRA + heads (+ blocks an unfreeze stage trained)
+    manifest.json         format version, task, sha256 + size of every file below, and a sha256 + source
+                          for every frozen component (backbone weights; a task's text encoder, decoder, …)
+    weights.safetensors   adapted parameters only: heads + LoRA of every site (+ what unfreeze stages trained)
     config.yaml           the resolved job config that built the model
     labels.json           the task's label maps
     backbone.json         backbone name, weights_sha256 of the base weights, img size, weight source
+    metrics.json          the checkpoint's metrics and the validation split's fingerprint (when trained)
+    artifacts/…           files the task adds (:meth:`Task.artifacts`: text embeddings, a PCA basis, …)
 
-The base backbone weights are *not* in the bundle: they are rebuilt from ``config.yaml`` (hub, local file,
-or seeded random init) and checked against ``weights_sha256`` so a bundle never silently loads onto the
-wrong base model.
+Frozen components are *not* in the bundle: they are rebuilt from ``config.yaml`` (hub, local file, or a
+seeded random init) and checked against their recorded sha256, so a bundle never silently loads onto the
+wrong base model. :func:`write_bundle` writes one; :func:`stage_bundle` copies one (what the driver and Tune
+register), checking every file; :func:`load_bundle` rebuilds the model. Version-1 bundles (no manifest)
+still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -28,16 +38,43 @@ if TYPE_CHECKING:
 
     from prism.tasks.base import Task
 
-__all__ = ["BUNDLE_FILES", "WEIGHTS_FILE", "load_bundle", "read_bundle_config", "write_bundle_meta"]
+__all__ = ["BUNDLE_FORMAT", "MANIFEST_FILE", "V1_FILES", "WEIGHTS_FILE", "bundle_files", "load_bundle",
+           "read_bundle_config", "read_manifest", "stage_bundle", "write_bundle"]
 
+BUNDLE_FORMAT = 2
 WEIGHTS_FILE = "weights.safetensors"
-BUNDLE_FILES = (WEIGHTS_FILE, "config.yaml", "labels.json", "backbone.json")
+MANIFEST_FILE = "manifest.json"
+ARTIFACTS_DIR = "artifacts"
+V1_FILES = (WEIGHTS_FILE, "config.yaml", "labels.json", "backbone.json")
+"""Files of a version-1 bundle (no manifest); ``metrics.json`` next to them when it was trained."""
 
 
-def write_bundle_meta(path: Path, cfg: JobConfig, task: Task, model: nn.Module) -> None:
-    """Write ``config.yaml``, ``labels.json`` and ``backbone.json`` into ``path`` (weights are separate)."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backbone_source(cfg: JobConfig) -> str:
+    """Where the backbone's base weights come from, as the manifest records it."""
+    b = cfg.backbone
+    if b.weights is not None:
+        return f"file:{b.weights}"
+    return f"pretrained:{b.name}" if b.pretrained else f"random-init:{b.name}:seed={b.seed}"
+
+
+def write_bundle(path: Path, cfg: JobConfig, task: Task, model: nn.Module, names: Iterable[str], *,
+                 metrics: Mapping[str, Any] | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a complete bundle of ``model`` into ``path``: the parameters ``names`` (what the plan trains),
+    config, label maps, backbone record, ``metrics`` (→ ``metrics.json``), the task's artifacts and, last,
+    the manifest over all of them. ``metadata`` goes into the safetensors header. Returns ``path``."""
+    from prism.adapters import save_adapted
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    save_adapted(path / WEIGHTS_FILE, model, names, metadata=dict(metadata or {}))
     (path / "config.yaml").write_text(dump_config(cfg))
     (path / "labels.json").write_text(json.dumps(task.label_maps(), indent=2))
     bb = model.backbone
@@ -48,13 +85,76 @@ def write_bundle_meta(path: Path, cfg: JobConfig, task: Task, model: nn.Module) 
         "weights": None if cfg.backbone.weights is None else str(cfg.backbone.weights),
         "lora": None if cfg.lora is None else cfg.lora.model_dump(mode="json"),
     }, indent=2))
+    files = [WEIGHTS_FILE, "config.yaml", "labels.json", "backbone.json"]
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(dict(metrics), default=float))
+        files.append("metrics.json")
+    for rel, data in sorted(task.artifacts(model).items()):
+        target = path / ARTIFACTS_DIR / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise ValueError(f"task artifact name {rel!r} must be a relative path inside the bundle")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        files.append(f"{ARTIFACTS_DIR}/{rel}")
+    components = {"backbone": {"sha256": bb.weights_sha256, "source": backbone_source(cfg)},
+                  **task.components(model)}
+    manifest = {
+        "format": BUNDLE_FORMAT, "task": task.name, "created": datetime.now(UTC).isoformat(),
+        "files": {f: {"sha256": file_sha256(path / f), "bytes": (path / f).stat().st_size} for f in files},
+        "components": components,
+    }
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The bundle's manifest, or None for a version-1 bundle."""
+    file = Path(path) / MANIFEST_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def bundle_files(path: Path, verify: bool = True) -> list[str]:
+    """The files of the bundle at ``path`` (relative names, manifest included for version 2).
+
+    ``verify``: every file the manifest lists must exist with its recorded sha256 (``ValueError`` naming
+    the first that does not). Version 1: :data:`V1_FILES` (+ ``metrics.json`` if present).
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        missing = [f for f in V1_FILES if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a Prism model bundle: no {MANIFEST_FILE} and missing {missing}")
+        return [*V1_FILES, *(["metrics.json"] if (path / "metrics.json").is_file() else [])]
+    if int(manifest.get("format", 0)) > BUNDLE_FORMAT:
+        raise ValueError(f"{path}: bundle format {manifest['format']} is newer than this Prism reads "
+                         f"({BUNDLE_FORMAT}); upgrade Prism")
+    if verify:
+        for rel, info in manifest["files"].items():
+            file = path / rel
+            if not file.is_file():
+                raise ValueError(f"{path}: bundle file {rel} listed in {MANIFEST_FILE} is missing")
+            if file_sha256(file) != info["sha256"]:
+                raise ValueError(f"{path}: {rel} does not match the sha256 in {MANIFEST_FILE}; the bundle was "
+                                 "changed after it was written")
+    return [*manifest["files"], MANIFEST_FILE]
+
+
+def stage_bundle(src: Path, dst: Path) -> Path:
+    """Copy the bundle at ``src`` (e.g. a checkpoint, which also holds optimizer and state) to ``dst``,
+    verified, with only its bundle files. What the driver and Tune register. Returns ``dst``."""
+    src, dst = Path(src), Path(dst)
+    for rel in bundle_files(src):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
+    return dst
 
 
 def read_bundle_config(path: Path) -> JobConfig:
     """The :class:`JobConfig` stored in a bundle."""
     cfg_file = Path(path) / "config.yaml"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path} is not a Prism model bundle: no config.yaml (expected {BUNDLE_FILES})")
+        raise FileNotFoundError(f"{path} is not a Prism model bundle: no config.yaml (expected {V1_FILES})")
     return JobConfig.model_validate(yaml.safe_load(cfg_file.read_text()))
 
 
@@ -66,16 +166,20 @@ def load_bundle(path: Path, device: str | torch.device = "cpu", merge: bool = Fa
     model predicts the same up to float rounding without peft's extra low-rank matmuls in every adapted
     layer (what a predictor wants; resuming training or exporting needs the adapters, so not the default).
 
-    Raises ``ValueError`` when the rebuilt base weights differ from the ones the bundle was trained on.
+    Raises ``ValueError`` when a file differs from its manifest entry, or when the rebuilt base weights (or
+    a task component) differ from the ones the bundle was trained on.
     """
     from prism.adapters import load_adapted, merge_lora
+    from prism.engine.model import build_model
     from prism.tasks import build_task
 
     path = Path(path)
+    bundle_files(path)  # verifies the manifest's hashes (version 2)
+    manifest = read_manifest(path) or {}
     cfg = read_bundle_config(path)
     meta = json.loads((path / "backbone.json").read_text())
     task = build_task(cfg)
-    model = task.build_model()
+    model = build_model(cfg, task)
     got = model.backbone.weights_sha256
     if meta.get("weights_sha256") and got != meta["weights_sha256"]:
         raise ValueError(
@@ -83,7 +187,17 @@ def load_bundle(path: Path, device: str | torch.device = "cpu", merge: bool = Fa
             f"(sha256 {got[:12]}… vs {meta['weights_sha256'][:12]}…). Load the same weights "
             f"(backbone.weights={meta.get('weights')}, pretrained={meta.get('pretrained')})."
         )
+    for name, recorded in (manifest.get("components") or {}).items():
+        if name == "backbone":
+            continue
+        now = task.components(model).get(name, {}).get("sha256")
+        if now != recorded.get("sha256"):
+            raise ValueError(f"component {name!r} ({recorded.get('source')}) differs from the one this model was "
+                             f"trained with (sha256 {str(now)[:12]}… vs {str(recorded.get('sha256'))[:12]}…)")
     load_adapted(path / WEIGHTS_FILE, model, strict=True)
+    artifacts = {rel.removeprefix(f"{ARTIFACTS_DIR}/"): (path / rel).read_bytes()
+                 for rel in (manifest.get("files") or {}) if rel.startswith(f"{ARTIFACTS_DIR}/")}
+    task.load_artifacts(model, artifacts)
     if merge:
         merge_lora(model)
     return cfg, task, model.to(device).eval()

@@ -9,8 +9,8 @@ Which rows are scored (:func:`select_rows`):
   version tag ``prism.val_fingerprint``); if the data changed since, evaluate refuses rather than score
   rows that may have been training rows.
 
-Batches are scored by :meth:`Task.validation_step <prism.tasks.multihead.task.MultiHeadTask.validation_step>`,
-the same call (and TTA default) as training's validation.
+Batches go through the task's collate class and :func:`~prism.engine.predict.predict_batch`, the same
+calls (and TTA default) as training's validation.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from prism.data.datasets import resolve_image_root, split_fingerprint, split_labels
 from prism.data.table import read_label_table
+from prism.engine.inputs import model_inputs, stack_inputs, to_device
+from prism.engine.predict import predict_batch
 from prism.inference.predictor import Predictor
-from prism.engine.inputs import to_model_input
 
 __all__ = ["EvalReport", "EvalRows", "evaluate", "select_rows"]
 
@@ -144,8 +144,10 @@ def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column:
     task = predictor.task
     selected = select_rows(predictor, labels_csv, image_root, image_column, on_bad_rows)
     rows = selected.rows
-    targets = {c: torch.tensor(rows[c].to_numpy(np.int64)) for c in rows.columns if c.startswith("y_")}
+    columns = {c: rows[c].to_numpy(np.int64) for c in rows.columns if c.startswith("y_")}
     acc = task.metrics()
+    collate = task.collate_fn()
+    model, opts = predictor.model, predictor.options(tta=tta)
     paths = [str(p) for p in rows["path"]]
     steps = range(0, len(paths), batch_size)
     if progress:
@@ -154,9 +156,10 @@ def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column:
         steps = tqdm(steps, desc="evaluate", unit="batch")
     for start in steps:
         chunk = paths[start:start + batch_size]
-        x = to_model_input(torch.from_numpy(np.stack([predictor.load_image(p, p) for p in chunk])),
-                           task.mean, task.std, predictor.device)
-        y = {k: v[start:start + len(chunk)].to(predictor.device) for k, v in targets.items()}
-        outputs, loss = task.validation_step(predictor.model, x, y, tta=tta)
-        acc.update(outputs, y, loss)
+        batch = stack_inputs([predictor.prepare(p, p, opts)[0] for p in chunk])
+        batch.update({k: v[start:start + len(chunk)] for k, v in columns.items()})
+        inputs, targets = collate(batch)  # the collate class training's validation batches go through
+        inputs = model_inputs(inputs, predictor.device, model.backbone.mean, model.backbone.std)
+        preds = predict_batch(task, model, inputs, tta=bool(opts.tta), amp=predictor.cfg.train.amp)
+        acc.update(preds, to_device(targets, predictor.device))
     return EvalReport(acc.compute(prefix=""), acc.export(), len(paths), selected.skipped, selected.scored, paths)

@@ -2,7 +2,7 @@
 
 Writes ``backbone.safetensors`` (the backbone's inner model in its library's key format: timm's for
 DINO/DINOv2, open_clip's visual tower for CLIP — loadable with ``weights=`` or by that library), ``heads.safetensors``,
-and the bundle's ``config.yaml`` / ``labels.json``.
+and the bundle's ``config.yaml`` / ``labels.json`` (+ the task's ``artifacts/``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def export_merged(source: str, out_dir: Path, check_atol: float = 1e-4) -> Path:
     pred = load_predictor(source, device="cpu", merge=False)
     model = pred.model
     s = pred.img_size
-    x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    x = {"image": torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))}
     with torch.no_grad():
         before = model(x)
         merge_lora(model)
@@ -51,4 +51,6 @@ def export_merged(source: str, out_dir: Path, check_atol: float = 1e-4) -> Path:
     bundle = bundle or resolve_model_uri(source)
     for name in ("config.yaml", "labels.json"):
         shutil.copy2(bundle / name, out_dir / name)
+    if (bundle / "artifacts").is_dir():  # the task's extra files (text embeddings, a PCA basis, …)
+        shutil.copytree(bundle / "artifacts", out_dir / "artifacts", dirs_exist_ok=True)
     return out_dir

@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from prism.data.images import array_to_uint8, decode_image, read_bytes, resize_rgb
-from prism.engine.inputs import to_model_input
+from prism.data.images import array_to_uint8, decode_image, read_bytes, to_rgb
+from prism.engine.inputs import model_inputs, stack_inputs, unbatch
+from prism.engine.predict import predict_batch
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInput", "Predictor", "expand_image_paths", "load_predictor"]
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "Predictor", "Prepared", "expand_image_paths", "load_predictor"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
@@ -42,8 +43,16 @@ def expand_image_paths(items: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+Prepared = tuple[dict[str, np.ndarray], dict[str, Any]]
+"""One image after :meth:`Task.preprocess`: model inputs without batch dim, and its meta."""
+
+
 class Predictor:
-    """Images → JSON-able results for one model bundle (see :mod:`prism.inference.bundle`)."""
+    """Images → JSON-able results for one model bundle (see :mod:`prism.inference.bundle`), for any task.
+
+    ``decode`` (bytes, path, array, PIL → RGB PIL) → ``task.preprocess(image, options)`` → stacked batch →
+    :func:`~prism.engine.predict.predict_batch` (no grad, ``train.amp``) → one ``task.postprocess`` per image.
+    """
 
     def __init__(self, cfg, task, model: torch.nn.Module, device: str | torch.device = "cpu",
                  source: str = ""):
@@ -64,8 +73,15 @@ class Predictor:
         cfg, task, model = load_bundle(Path(path), device=device, merge=merge)
         return cls(cfg, task, model, device, source=str(path))
 
-    def load_image(self, image: ImageInput, name: str = "<image>") -> np.ndarray:
-        """One input → ``uint8 (S, S, 3)``; undecodable input raises ``ValueError`` naming ``name``.
+    def options(self, options: Any = None, tta: bool | None = None) -> Any:
+        """``options`` (dict, model or None) as the task's options model, ``tta`` filled in (default True)."""
+        opts = self.task.parse_options(options)
+        if tta is not None or opts.tta is None:
+            opts = opts.model_copy(update={"tta": True if tta is None else tta})
+        return opts
+
+    def decode(self, image: ImageInput, name: str = "<image>") -> Image.Image:
+        """One input → an RGB PIL image; undecodable input raises ``ValueError`` naming ``name``.
 
         Arrays are ``(H, W, 3|4)`` (RGB or RGBA), converted to uint8 by
         :func:`~prism.data.images.array_to_uint8`: uint8 as is, floats in ``[0, 1]`` scaled by 255, other
@@ -81,18 +97,35 @@ class Predictor:
             img = decode_image(bytes(image), name)
         else:
             img = decode_image(read_bytes(str(image)), str(image))
-        return resize_rgb(img, self.img_size)
+        return to_rgb(img, name)
+
+    def prepare(self, image: ImageInput, name: str = "<image>", options: Any = None) -> Prepared:
+        """One input → ``task.preprocess`` of its decoded image: ``(inputs, meta)``."""
+        return self.task.preprocess(self.decode(image, name), self.options(options))
 
     @torch.no_grad()
-    def predict_arrays(self, images: np.ndarray, tta: bool | list[str] = True) -> list[dict[str, Any]]:
-        """``uint8 (B, S, S, 3)`` already resized → results (no names)."""
-        x = to_model_input(torch.from_numpy(np.ascontiguousarray(images)), self.task.mean, self.task.std,
-                           self.device)
-        return self.task.postprocess(self.task.infer(self.model, x, tta=tta))
+    def predict_prepared(self, prepared: Sequence[Prepared], options: Any = None) -> list[dict[str, Any]]:
+        """Prepared images (:meth:`prepare`) → one result each (no names), in one batch.
 
-    def predict(self, images: Sequence[ImageInput], tta: bool | list[str] = True, batch_size: int = 32,
-                names: Sequence[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
-        """Results in input order, each ``{"image": name, <task fields>}``."""
+        ``options``: one set for every image, or a list with one per image (Serve batches images of several
+        requests; they must agree on ``tta``, the only option predictions depend on)."""
+        per_image = ([self.options(o) for o in options] if isinstance(options, list)
+                     else [self.options(options)] * len(prepared))
+        tta = {bool(o.tta) for o in per_image}
+        if len(tta) != 1:
+            raise ValueError("images of one batch must share the tta option; batch them per tta value")
+        batch = stack_inputs([inputs for inputs, _ in prepared])
+        inputs = model_inputs(batch, self.device, self.model.backbone.mean, self.model.backbone.std)
+        preds = predict_batch(self.task, self.model, inputs, tta=tta.pop(), amp=self.cfg.train.amp)
+        return [self.task.postprocess(p, meta, o)
+                for p, (_, meta), o in zip(unbatch(preds, len(prepared)), prepared, per_image, strict=True)]
+
+    def predict(self, images: Sequence[ImageInput], tta: bool | None = None, batch_size: int = 32,
+                names: Sequence[str] | None = None, progress: bool = False, options: Any = None
+                ) -> list[dict[str, Any]]:
+        """Results in input order, each ``{"image": name, <task fields>}``; ``options`` are the task's
+        request options (``tta`` overrides ``options.tta``; default True)."""
+        opts = self.options(options, tta)
         if names is None:
             names = [str(i) if isinstance(i, (str, Path)) else f"image_{k}" for k, i in enumerate(images)]
         results: list[dict[str, Any]] = []
@@ -103,8 +136,8 @@ class Predictor:
             steps = tqdm(steps, desc="predict", unit="batch")
         for start in steps:
             chunk = images[start:start + batch_size]
-            arrays = np.stack([self.load_image(im, names[start + k]) for k, im in enumerate(chunk)])
-            for k, r in enumerate(self.predict_arrays(arrays, tta=tta)):
+            prepared = [self.prepare(im, names[start + k], opts) for k, im in enumerate(chunk)]
+            for k, r in enumerate(self.predict_prepared(prepared, opts)):
                 results.append({"image": names[start + k], **r})
         return results
 

@@ -112,7 +112,8 @@ class PrismPyfunc(mlflow.pyfunc.PythonModel):
 
     Input: one row per image, column ``image`` with the image itself: encoded bytes (PNG, JPEG, ...) or a
     ``uint8 (H, W, 3|4)`` array (see :func:`image_inputs`; paths and URIs are refused).
-    Output: ``predictor.to_dataframe(predictor.predict(images))``, one row per input image, in order.
+    Output: ``predictor.to_dataframe(predictor.predict(images))``, one row per input image, in order
+    (binary outputs, e.g. masks, as ``{media_type, base64}``).
     """
 
     predictor: Any = None
@@ -136,8 +137,10 @@ class PrismPyfunc(mlflow.pyfunc.PythonModel):
                 f"input needs a column {IMAGE_COLUMN!r} of image bytes or uint8 (H, W, 3) arrays; "
                 f"got columns {list(model_input.columns)}"
             )
+        from prism.tasks.outputs import encode_result
+
         images = image_inputs(model_input[IMAGE_COLUMN])
-        return self.predictor.to_dataframe(self.predictor.predict(images))
+        return self.predictor.to_dataframe(encode_result(self.predictor.predict(images)))
 
 
 def default_pip_requirements() -> list[str]:

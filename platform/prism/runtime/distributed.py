@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_sum", "collective_device"]
+__all__ = ["all_gather_objects", "all_reduce_sum", "collective_device", "is_distributed"]
 
 
 def collective_device() -> torch.device:
@@ -28,3 +28,17 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     moved = values.to(collective_device())
     dist.all_reduce(moved, op=dist.ReduceOp.SUM)
     return moved.to(values.device)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every worker's ``obj`` (picklable), in rank order; ``[obj]`` when not distributed."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,14 +1,15 @@
-"""Ray Serve for Prism models: the classifier deployment, its HTTP API, the app builder and ``run_local``.
+"""Ray Serve for Prism models of any task: the deployment, its HTTP API, the app builder and ``run_local``.
 
 Modules, from the outside in::
 
     app.py          build_app(AppArgs) (the typed builder named by import_path), run_local, load_serve_config
-    deployment.py   Classifier: the HTTP API (FastAPI via @serve.ingress) over a ServedModel
+    deployment.py   ModelServer: the HTTP API (FastAPI via @serve.ingress) over a ServedModel; OpenAPI
+                    documents the served task's request options
     model.py        ServedModel: reconfigure, reload with an atomic version swap, batched inference
     batching.py     Batcher: images of concurrent requests → one forward pass (next batch = what queued meanwhile)
-    payload.py      POST /predict request (multipart or JSON) → named image bytes + options
+    payload.py      POST /predict request (multipart or JSON) → named image bytes + the task's options
     images.py       header-checked decoding (pixel limit before decode)
-    schemas.py      request / response bodies (OpenAPI), top_k
+    schemas.py      request / response bodies (OpenAPI), built from the task's options model
     errors.py       the JSON error body and its status codes; 5xx bodies name no exception
     settings.py     ServeSettings (user_config: limits, batching, ReloadSettings), AppArgs (builder args)
 

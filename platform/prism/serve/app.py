@@ -21,25 +21,23 @@ from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from prism.config.schema import ConfigError
-from prism.serve.deployment import Classifier
+from prism.serve.deployment import DEPLOYMENT, ModelServer
 from prism.serve.settings import AppArgs, ServeSettings, resolve_tracking_uri, settings_dict
 
-__all__ = ["BUILDER", "DEFAULT_CONFIG", "build_app", "load_serve_config", "run_local"]
+__all__ = ["BUILDER", "build_app", "load_serve_config", "run_local"]
 
 log = logging.getLogger(__name__)
 
 BUILDER = "prism.serve.app:build_app"
-DEFAULT_CONFIG = Path("serve_configs/circles.yaml")
-DEPLOYMENT = "Classifier"
 
 
 def build_app(args: AppArgs) -> Application:
-    """The classifier application: ``Classifier`` with ``args.settings`` as its initial ``user_config``.
+    """The model application: ``ModelServer`` with ``args.settings`` as its initial ``user_config``.
 
     The tracking URI is resolved here (argument, env ``MLFLOW_TRACKING_URI``, embedded default; sqlite
     paths made absolute) and handed to every replica, which may run in another process or node.
     """
-    return Classifier.options(user_config=settings_dict(args.settings)).bind(
+    return ModelServer.options(user_config=settings_dict(args.settings)).bind(
         tracking_uri=resolve_tracking_uri(args.tracking_uri), device=args.device
     )
 
@@ -61,14 +59,14 @@ def load_serve_config(
 ) -> ServeDeploySchema:
     """Read a Serve config, apply the overrides, validate it with Serve's own schema.
 
-    ``model_uri`` goes into the ``user_config`` of each Prism app's ``Classifier`` deployment,
+    ``model_uri`` goes into the ``user_config`` of each Prism app's ``ModelServer`` deployment,
     ``tracking_uri`` into its ``args`` (resolved to an absolute URI here, so replicas in other processes
     open the same store), ``host``/``port`` into ``http_options``. Invalid configs raise
     :class:`ConfigError` naming the file and the key.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Serve config not found: {path} (see serve_configs/circles.yaml)")
+        raise FileNotFoundError(f"Serve config not found: {path} (see serve_configs/ for examples)")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with `applications:`, got {type(raw).__name__}")
@@ -124,8 +122,11 @@ def _served_models(schema: ServeDeploySchema) -> list[tuple[str, str, str]]:
             except ValidationError as exc:
                 raise ConfigError(f"application {app.name!r}: user_config of {DEPLOYMENT!r} is invalid: "
                                   f"{exc}") from None
-            out.append((app.name, resolve_tracking_uri(args.tracking_uri),
-                        user_config.get("model_uri") or args.settings.model_uri))
+            uri = user_config.get("model_uri") or args.settings.model_uri
+            if not uri:
+                raise ConfigError(f"application {app.name!r}: no model_uri; set user_config.model_uri of "
+                                  f"{DEPLOYMENT!r} (e.g. models:/NAME@champion) or pass --model")
+            out.append((app.name, resolve_tracking_uri(args.tracking_uri), uri))
     return out
 
 
@@ -146,7 +147,7 @@ def _wait_running(names: list[str], timeout_s: float) -> None:
 
 
 def run_local(
-    config: str | Path | AppArgs = DEFAULT_CONFIG,
+    config: str | Path | AppArgs,
     *,
     model_uri: str | None = None,
     tracking_uri: str | None = None,
@@ -155,7 +156,7 @@ def run_local(
     blocking: bool = True,
     timeout_s: float = 300.0,
 ) -> str:
-    """Start the classifier on Ray Serve (``RAY_ADDRESS`` or a local Ray) and block until interrupted.
+    """Start the model app on Ray Serve (``RAY_ADDRESS`` or a local Ray) and block until interrupted.
 
     ``config`` is a Serve config file (deployed as ``serve run`` deploys it: Serve's controller builds the
     app from ``import_path`` and applies ``deployments:``), or :class:`AppArgs` for a one-replica app at
@@ -172,7 +173,11 @@ def run_local(
         if model_uri is not None:
             updates["settings"] = config.settings.model_copy(update={"model_uri": model_uri})
         args = config.model_copy(update=updates)
-        _check_model("prism", resolve_tracking_uri(args.tracking_uri), args.settings.model_uri)
+        try:
+            served = args.settings.require_model_uri()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        _check_model("prism", resolve_tracking_uri(args.tracking_uri), served)
         ensure_ray()
         serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000})
         serve.run(build_app(args), name="prism", route_prefix="/")

@@ -1,8 +1,8 @@
-"""The classifier deployment: the HTTP API (FastAPI, ``@serve.ingress``) over a :class:`ServedModel`.
+"""The model deployment: the HTTP API (FastAPI, ``@serve.ingress``) over a :class:`ServedModel`, for any task.
 
 Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
 
-    POST /predict   images (multipart files or JSON base64) → [{"image", <head>: {prediction, probabilities}}]
+    POST /predict   images (multipart files or JSON base64) + the task's options → [{"image", <task fields>}]
     GET  /healthz   {"status": "ok", "model": "circles v3"}
     GET  /models    the served version: name, version, alias, run_id, metric, …  (ModelInfo)
     GET  /settings  the replica's ServeSettings (user_config): limits, batching, defaults
@@ -10,9 +10,10 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
                     (off unless user_config reload.enabled; Authorization: Bearer <token> if reload.token_env)
 
-``POST /predict``: :func:`read_payload` (body size, content type, image count) → in a worker thread,
-decoding with the pixel check and the resize to the model's input (:meth:`ServedModel.prepare`) →
-:meth:`ServedModel.predict_images` (the replica's :class:`~prism.serve.batching.Batcher`) → ``top_k``. Bad
+``POST /predict``: :func:`read_payload` (body size, content type, image count) → the request's options
+checked against the served task's options model (:meth:`ServedModel.request_options`) → in a worker thread,
+decoding with the pixel check and the task's preprocessing (:meth:`ServedModel.prepare`) →
+:meth:`ServedModel.predict_images` (the replica's :class:`~prism.serve.batching.Batcher`). Bad
 input is a 4xx ``{"error", "detail"}`` raised before the model is touched; a 5xx names no exception (see
 ``errors.py``). ``POST /reload`` reaches one replica; changing the ``user_config`` (``serve deploy``) calls
 ``reconfigure`` on every replica.
@@ -39,19 +40,40 @@ from prism.serve.schemas import (
     Health,
     ModelInfo,
     ReloadResult,
-    limit_top_k,
+    predict_openapi,
 )
 from prism.serve.settings import ServeSettings
+from prism.tasks.outputs import encode_result
 
-__all__ = ["Classifier", "api"]
+__all__ = ["DEPLOYMENT", "ModelServer", "api"]
+
+DEPLOYMENT = "ModelServer"
+"""The deployment's name in Serve configs (``deployments: - name: ModelServer``)."""
 
 api = FastAPI(
-    title="Prism classifier",
-    description="Multi-head image classification with a LoRA-adapted vision foundation model from the MLflow "
-    "registry. Errors are JSON `{error, detail}`.",
-    version="1",
+    title="Prism model",
+    description="A LoRA-adapted vision foundation model from the MLflow registry, for the task it was trained "
+    "for (GET /models says which). Errors are JSON `{error, detail}`.",
+    version="2",
 )
 install_error_handlers(api)
+_served_options: list[type] = []  # the options model of the task this replica serves, once loaded
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's spec, with ``POST /predict`` documenting the served task's request options."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        if _served_options:
+            body = predict_openapi(_served_options[-1])["requestBody"]
+            spec["paths"]["/predict"]["post"]["requestBody"] = body
+        api.openapi_schema = spec
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
 # Parses `Authorization: Bearer <token>` for POST /reload (and documents it in OpenAPI); the check is
 # ServedModel.authorize_reload, which also answers a missing header.
 _bearer = HTTPBearer(auto_error=False, description="the token in the replicas' env var reload.token_env")
@@ -69,8 +91,8 @@ def _check_multipart_installed() -> None:
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32, health_check_period_s=10)
 @serve.ingress(api)
-class Classifier(ServedModel):
-    """Serves one classification model; settings arrive through ``reconfigure`` (``ServeSettings``).
+class ModelServer(ServedModel):
+    """Serves one registered model of any task; settings arrive through ``reconfigure`` (``ServeSettings``).
 
     Each replica reserves ``ray_actor_options.num_cpus`` (1 here, overridable in the Serve config), and Ray
     sets ``OMP_NUM_THREADS`` from it, so torch runs that many threads per replica: scale out with replicas
@@ -81,20 +103,26 @@ class Classifier(ServedModel):
         _check_multipart_installed()
         super().__init__(tracking_uri, device)
 
-    @api.post("/predict", summary="classify images", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await super().reconfigure(user_config)
+        options = self.loaded().predictor.task.options_class
+        if not _served_options or _served_options[-1] is not options:
+            _served_options.append(options)
+            api.openapi_schema = None  # regenerated for the served task on the next GET /openapi.json
+
+    @api.post("/predict", summary="predict on images", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
     async def predict(self, request: Request) -> list[dict[str, Any]]:
-        """Classify one or several images; one result per image, in request order."""
+        """Predict on one or several images; one result per image, in request order."""
         settings = self.settings
         self.loaded()
         payload = await read_payload(request, settings.max_images_per_request, settings.max_request_bytes)
-        images = await asyncio.to_thread(
-            lambda: [self.prepare(data, name, settings.max_image_pixels)
+        options = self.request_options(payload.options)
+        items = await asyncio.to_thread(
+            lambda: [self.prepare(data, name, options, settings.max_image_pixels)
                      for name, data in zip(payload.names, payload.images, strict=True)]
         )
-        tta = settings.tta if payload.options.tta is None else payload.options.tta
-        results = await self.predict_images(images, tta)
-        top_k = settings.top_k if payload.options.top_k is None else payload.options.top_k
-        return [limit_top_k({"image": name, **r}, top_k) for name, r in zip(payload.names, results, strict=True)]
+        results = await self.predict_images(items)
+        return [encode_result({"image": name, **r}) for name, r in zip(payload.names, results, strict=True)]
 
     @api.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
     async def healthz(self) -> Health:

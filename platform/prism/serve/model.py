@@ -10,11 +10,11 @@ starts, so every image is answered by exactly one version and nothing fails whil
 the model) and then applies settings, batch limits, token and model together, so a bad ``user_config``
 leaves the replica serving what it served, as it was configured.
 
-Batching: the request handler decodes and resizes its images in a worker thread (:meth:`ServedModel.prepare`,
-off the event loop and in parallel with a running forward pass), then :meth:`ServedModel.predict_images`
-queues each ``uint8 (S, S, 3)`` image on the replica's :class:`~prism.serve.batching.Batcher`, so images of
-concurrent requests share forward passes. A batch is stacked to ``uint8 (B, S, S, 3)`` and run by
-``predictor.predict_arrays`` on the replica's model thread (not asyncio's default pool, where it could queue
+Batching: the request handler decodes and preprocesses its images in a worker thread (:meth:`ServedModel.prepare`,
+off the event loop and in parallel with a running forward pass: the task's ``preprocess``), then
+:meth:`ServedModel.predict_images` queues each :class:`Item` on the replica's
+:class:`~prism.serve.batching.Batcher`, so images of concurrent requests share forward passes. A batch is
+stacked and run by ``predictor.predict_prepared`` on the replica's model thread (not asyncio's default pool, where it could queue
 behind the decoding of large images), keeping the event loop free for other requests meanwhile.
 """
 
@@ -28,19 +28,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
 from prism.serve.batching import Batcher
 from prism.serve.errors import RequestError
 from prism.serve.images import open_checked
+from prism.serve.payload import parse_options
 from prism.serve.schemas import BatchingStats, ModelInfo
 from prism.serve.settings import ServeSettings
 
 if TYPE_CHECKING:  # torch is imported by the replicas, not where the app is built
-    from prism.inference.predictor import Predictor
+    from prism.inference.predictor import Predictor, Prepared
 
-__all__ = ["Loaded", "ServedModel", "load_version", "run_batch"]
+__all__ = ["Item", "Loaded", "ServedModel", "load_version", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +70,32 @@ def load_version(uri: str, device: str | None) -> Loaded:
     return Loaded(predictor, info)
 
 
-def run_batch(predictor: Predictor, images: list[np.ndarray | Image.Image], ttas: list[bool]) -> list[dict[str, Any]]:
-    """Images → one result each: stacked to ``uint8 (B, S, S, 3)``, one pass per TTA flag.
+@dataclass(frozen=True)
+class Item:
+    """One image queued for a batch: its file, what :meth:`Predictor.prepare` made of it (for the predictor
+    ``prepared_by``), and the request's options (the served task's options model)."""
 
-    ``images`` are normally ``uint8 (S, S, 3)`` arrays already at the predictor's size (:meth:`ServedModel.prepare`);
-    anything else (a PIL image, an array of another size, e.g. prepared for a version swapped out since) goes
-    through ``predictor.load_image`` first.
+    data: bytes
+    name: str
+    prepared: Prepared
+    prepared_by: int
+    options: Any
+
+
+def run_batch(predictor: Predictor, items: list[Item]) -> list[dict[str, Any]]:
+    """Queued images → one result each: one batch per TTA setting (what ``predictions`` depends on), each
+    image postprocessed with its own request's options.
+
+    An image prepared by another predictor (a version swapped in since it was queued) is prepared again
+    from its file by this one.
     """
-    size = (predictor.img_size, predictor.img_size, 3)
-    arrays = np.stack([im if isinstance(im, np.ndarray) and im.shape == size and im.dtype == np.uint8
-                       else predictor.load_image(im) for im in images])
-    results: list[dict[str, Any]] = [{} for _ in images]
-    for tta in sorted(set(ttas)):
-        idx = [i for i, t in enumerate(ttas) if t == tta]
-        for i, result in zip(idx, predictor.predict_arrays(arrays[idx], tta=tta), strict=True):
+    prepared = [it.prepared if it.prepared_by == id(predictor) else predictor.prepare(it.data, it.name, it.options)
+                for it in items]
+    results: list[dict[str, Any]] = [{} for _ in items]
+    for tta in sorted({bool(it.options.tta) for it in items}):
+        idx = [i for i, it in enumerate(items) if bool(it.options.tta) == tta]
+        preds = predictor.predict_prepared([prepared[i] for i in idx], [items[i].options for i in idx])
+        for i, result in zip(idx, preds, strict=True):
             results[i] = result
     return results
 
@@ -102,7 +112,7 @@ class ServedModel:
         self._reload_token: str | None = None  # the value of settings.reload.token_env, read at reconfigure
         self._loaded: Loaded | None = None
         self._reload_lock = asyncio.Lock()
-        self.batcher: Batcher[tuple[np.ndarray, bool], dict[str, Any]] = Batcher(
+        self.batcher: Batcher[Item, dict[str, Any]] = Batcher(
             self._predict_batch, self._settings.max_batch_size, self._settings.batch_wait_timeout_s)
         # The model's own thread: a batch never queues behind image decoding in asyncio's default pool.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-model")
@@ -120,10 +130,16 @@ class ServedModel:
         (``ValidationError``, ``ValueError``, a load error) with the replica unchanged.
         """
         settings = ServeSettings.model_validate(user_config)
+        uri = settings.require_model_uri()
         token = settings.reload.token()
         async with self._reload_lock:
-            force = self._loaded is None or settings.model_uri != self._settings.model_uri
-            new = await self._load_unless_current(settings.model_uri, force)
+            force = self._loaded is None or uri != self._settings.model_uri
+            new = await self._load_unless_current(uri, force)
+            task = (new or self.loaded()).predictor.task
+            try:  # the defaults must be options of the task served from now on
+                task.parse_options({"tta": settings.tta, **settings.options})
+            except ValueError as exc:
+                raise ValueError(f"user_config options: {exc}") from None
             if new is not None:
                 self._swap(new)
             self.batcher.configure(settings.max_batch_size, settings.batch_wait_timeout_s)
@@ -149,7 +165,7 @@ class ServedModel:
         Returns whether a new version was swapped in; a failed load raises and leaves the old one serving.
         """
         async with self._reload_lock:
-            new = await self._load_unless_current(uri or self._settings.model_uri, force)
+            new = await self._load_unless_current(uri or self._settings.require_model_uri(), force)
             if new is None:
                 return False
             self._swap(new)
@@ -197,22 +213,29 @@ class ServedModel:
         if not hmac.compare_digest(token.encode(), expected.encode()):
             raise RequestError(403, "invalid_token", f"the bearer token is not the one in {reload.token_env}")
 
-    def prepare(self, data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
-        """One image file → ``uint8 (S, S, 3)`` at the served model's size (blocking: run it in a worker thread).
+    def request_options(self, raw: dict[str, Any]) -> Any:
+        """A request's raw options → the served task's options model, over the deployment's defaults
+        (``tta`` and ``options`` of the settings); 400 naming a bad or unknown option."""
+        task = self.loaded().predictor.task
+        defaults = {"tta": self._settings.tta, **self._settings.options}
+        return parse_options(task.options_class, defaults, raw)
+
+    def prepare(self, data: bytes, name: str, options: Any, max_pixels: int | None = None) -> Item:
+        """One image file → a queued :class:`Item` (blocking: run it in a worker thread).
 
         The header check (``max_pixels``, default the settings' ``max_image_pixels``) and decoding of
-        :func:`~prism.serve.images.open_checked` (4xx :class:`RequestError`), then ``predictor.load_image``:
-        the pixels ``prism predict`` computes. Done per request, so a batch only stacks ready arrays.
+        :func:`~prism.serve.images.open_checked` (4xx :class:`RequestError`), then ``predictor.prepare``:
+        the inputs ``prism predict`` computes. Done per request, so a batch only stacks ready inputs.
         """
         image = open_checked(data, name, self._settings.max_image_pixels if max_pixels is None else max_pixels)
-        return self.loaded().predictor.load_image(image, name)
+        predictor = self.loaded().predictor
+        return Item(data, name, predictor.prepare(image, name, options), id(predictor), options)
 
-    async def _predict_batch(self, items: list[tuple[np.ndarray, bool]]) -> list[dict[str, Any]]:
-        """The batcher's function: ``(image, tta)`` pairs of any callers → one result each."""
+    async def _predict_batch(self, items: list[Item]) -> list[dict[str, Any]]:
+        """The batcher's function: images of any callers → one result each."""
         predictor = self.loaded().predictor  # one version for the whole batch
-        images, ttas = [im for im, _ in items], [t for _, t in items]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._model_thread, run_batch, predictor, images, ttas)
+        return await loop.run_in_executor(self._model_thread, run_batch, predictor, items)
 
     def batching_stats(self) -> BatchingStats:
         """The batcher's counts so far (``GET /stats``)."""
@@ -220,6 +243,6 @@ class ServedModel:
         return BatchingStats(batches=stats.batches, images=stats.items, mean_batch_size=stats.mean_size,
                              batch_sizes=dict(sorted(stats.sizes.items())))
 
-    async def predict_images(self, images: list[np.ndarray], tta: bool) -> list[dict[str, Any]]:
+    async def predict_images(self, items: list[Item]) -> list[dict[str, Any]]:
         """Prepared images (:meth:`prepare`) → results (without names), in order; batched with other callers' images."""
-        return await self.batcher.submit_many([(image, tta) for image in images])
+        return await self.batcher.submit_many(items)

@@ -10,9 +10,10 @@ their failures onto the API's errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -20,23 +21,32 @@ from starlette.types import Message
 
 from prism.serve.errors import RequestError
 from prism.serve.images import decode_base64
-from prism.serve.schemas import PredictJSON, PredictOptions
 from prism.serve.settings import MAX_REQUEST_BYTES
 
-__all__ = ["Payload", "limit_body", "read_payload"]
+__all__ = ["Payload", "limit_body", "parse_options", "read_payload"]
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
-_FORM_OPTIONS = set(PredictOptions.model_fields)
+MAX_OPTION_FIELDS = 32
+
+
+class _JSONBody(BaseModel):
+    """``{"images": [...], "names": [...], <task options>}``; the options are checked by the served task."""
+
+    model_config = ConfigDict(extra="allow")
+
+    images: list[str]
+    names: list[str] | None = None
 
 
 @dataclass(frozen=True)
 class Payload:
-    """What a predict request carries: ``names[i]`` names the image file ``images[i]``."""
+    """What a predict request carries: ``names[i]`` names the image file ``images[i]``; ``options`` are the
+    request's task options, raw (form strings or JSON values), checked by :func:`parse_options`."""
 
     names: list[str]
     images: list[bytes]
-    options: PredictOptions
+    options: dict[str, Any]
 
 
 def _too_large(what: str, limit: int) -> RequestError:
@@ -78,17 +88,21 @@ def _too_many(n: int | str, limit: int) -> RequestError:
     )
 
 
-def _options(raw: dict[str, object], where: str) -> PredictOptions:
+def parse_options(options_class: type[BaseModel], defaults: dict[str, Any], raw: dict[str, Any]) -> BaseModel:
+    """The request's options as the served task's ``options_class``: ``defaults`` (the deployment's),
+    overridden by the request's ``raw`` values; a bad or unknown option is a 400 naming it and the options
+    the task accepts."""
     try:
-        return PredictOptions.model_validate(raw)
+        return options_class.model_validate({**defaults, **{k: v for k, v in raw.items() if v is not None}})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RequestError(400, "invalid_request", f"{where}: {problems}") from None
+        raise RequestError(400, "invalid_request", f"options: {problems} (this model accepts "
+                           f"{sorted(options_class.model_fields)})") from None
 
 
 async def _read_multipart(request: Request, limit: int) -> Payload:
     try:
-        async with request.form(max_files=limit, max_fields=len(_FORM_OPTIONS) + 8) as form:
+        async with request.form(max_files=limit, max_fields=MAX_OPTION_FIELDS) as form:
             files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
             fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
             names = [f.filename or f"{key}_{i}" for i, (key, f) in enumerate(files)]
@@ -98,15 +112,9 @@ async def _read_multipart(request: Request, limit: int) -> Payload:
         if message.startswith("Too many files"):
             raise _too_many(f"more than {limit}", limit) from None
         raise RequestError(400, "invalid_request", f"malformed multipart body: {message}") from None
-    unknown = sorted(set(fields) - _FORM_OPTIONS)
-    if unknown:
-        raise RequestError(
-            400, "invalid_request",
-            f"unknown form field(s) {unknown}; send image files plus optional {sorted(_FORM_OPTIONS)}",
-        )
     if not files:
         raise RequestError(400, "empty_body", "no image files in the multipart body; attach them as `images`")
-    return Payload(names, images, _options(fields, "form fields"))
+    return Payload(names, images, fields)
 
 
 async def _read_json(request: Request, limit: int) -> Payload:
@@ -114,7 +122,7 @@ async def _read_json(request: Request, limit: int) -> Payload:
     if not body.strip():
         raise RequestError(400, "empty_body", 'empty JSON body; send {"images": [base64, ...]}')
     try:
-        req = PredictJSON.model_validate_json(body)
+        req = _JSONBody.model_validate_json(body)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise RequestError(400, "invalid_request", f"JSON body: {problems}") from None
@@ -128,7 +136,7 @@ async def _read_json(request: Request, limit: int) -> Payload:
             400, "invalid_request", f"{len(names)} names for {len(req.images)} images; give one name per image"
         )
     images = [decode_base64(text, name) for text, name in zip(req.images, names, strict=True)]
-    return Payload(names, images, PredictOptions(tta=req.tta, top_k=req.top_k))
+    return Payload(names, images, dict(req.model_extra or {}))
 
 
 async def read_payload(request: Request, max_images: int, max_bytes: int = MAX_REQUEST_BYTES) -> Payload:

@@ -1,12 +1,14 @@
-"""The HTTP contract of the classifier app: request and response bodies, as FastAPI documents them.
+"""The HTTP contract of a served model: request and response bodies, as FastAPI documents them.
 
 ``POST /predict`` takes either content type on one route (OpenAPI lists both under ``requestBody``):
 
-- ``multipart/form-data``: one or several files (any field name, conventionally ``images``), optional
-  form fields ``tta`` (true/false) and ``top_k`` (int);
-- ``application/json``: :class:`PredictJSON`, images as base64 strings.
+- ``multipart/form-data``: one or several files (any field name, conventionally ``images``), plus the
+  served task's request options as form fields (every task: ``tta``; a classifier also ``top_k``);
+- ``application/json``: :func:`predict_json_model` of the task's options, images as base64 strings.
 
-The response is the JSON of ``prism predict``: one result per image, in request order::
+The request options come from the served task's options model (``Task.options_class``), so the OpenAPI
+spec of a replica documents the options of the task it serves. The response is the JSON of
+``prism predict``: one result per image, in request order, e.g. for the multi-head classifier::
 
     [{"image": "a.png",
       "presence": {"prediction": "circle_clear",
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, TypeAdapter, create_model
+
+from prism.tasks.options import PredictOptions
 
 __all__ = [
     "BatchingStats",
@@ -27,31 +31,20 @@ __all__ = [
     "ModelInfo",
     "PREDICT_OPENAPI",
     "PREDICT_RESPONSES",
-    "PredictJSON",
-    "PredictOptions",
     "ReloadResult",
-    "limit_top_k",
+    "predict_json_model",
+    "predict_openapi",
 ]
 
 
-class PredictOptions(BaseModel):
-    """Per-request options; ``None`` takes the deployment's default (``ServeSettings.tta`` / ``top_k``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tta: bool | None = Field(None, description="test-time augmentation (default: the deployment's setting)")
-    top_k: int | None = Field(None, ge=1, description="list only the k most probable classes of each head")
-
-
-class PredictJSON(PredictOptions):
-    """JSON body of ``POST /predict``."""
-
-    images: list[str] = Field(
-        description="image files as base64 (a data:image/...;base64, URL is accepted too)",
-        examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]],
-    )
-    names: list[str] | None = Field(
-        None, description="a name per image for the results (default image_0, image_1, ...)"
+def predict_json_model(options_class: type[BaseModel]) -> type[BaseModel]:
+    """The JSON body of ``POST /predict`` for a task: its options (``options_class``) + ``images`` + ``names``."""
+    return create_model(
+        "PredictJSON", __base__=options_class,
+        images=(list[str], Field(description="image files as base64 (a data:image/...;base64, URL is accepted "
+                                 "too)", examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]])),
+        names=(list[str] | None, Field(None, description="a name per image for the results (default image_0, "
+                                       "image_1, ...)")),
     )
 
 
@@ -108,57 +101,36 @@ class ReloadResult(BaseModel):
     current: ModelInfo
 
 
-_PREDICT_EXAMPLE = [{
-    "image": "a.png",
-    "presence": {"prediction": "circle_clear",
-                 "probabilities": {"circle_clear": 0.91, "circle_resembles": 0.06, "no_circle": 0.03}},
-}]
+def _form_property(field: Any) -> dict[str, Any]:
+    """A multipart form field's schema from an options field (form values are strings; OpenAPI says the type)."""
+    schema = TypeAdapter(field.annotation).json_schema()
+    schema = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+    return {**schema, "description": field.description or ""}
 
-PREDICT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                   "description": "image files"},
-                        "tta": {"type": "boolean", "description": PredictOptions.model_fields["tta"].description},
-                        "top_k": {"type": "integer", "minimum": 1,
-                                  "description": PredictOptions.model_fields["top_k"].description},
-                    },
-                }
+
+def predict_openapi(options_class: type[BaseModel]) -> dict[str, Any]:
+    """The ``requestBody`` of ``POST /predict`` for a task whose request options are ``options_class``."""
+    form = {"images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "image files"},
+            **{name: _form_property(f) for name, f in options_class.model_fields.items()}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": form}},
+                "application/json": {"schema": predict_json_model(options_class).model_json_schema()},
             },
-            "application/json": {"schema": PredictJSON.model_json_schema()},
-        },
+        }
     }
-}
+
+
+PREDICT_OPENAPI = predict_openapi(PredictOptions)
+"""The route's documented body before a model is loaded (options every task takes)."""
 
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "one result per image, in request order",
-          "content": {"application/json": {"example": _PREDICT_EXAMPLE}}},
+    200: {"description": "one result per image, in request order: {\"image\": name, <the task's fields>}"},
     400: {"model": ErrorBody, "description": "empty body, undecodable image, invalid request"},
     413: {"model": ErrorBody,
           "description": "body over max_request_bytes, image over max_image_pixels, or too many images"},
     415: {"model": ErrorBody, "description": "content type other than multipart/form-data or application/json"},
     503: {"model": ErrorBody, "description": "no model loaded"},
 }
-
-
-def limit_top_k(result: dict[str, Any], k: int | None) -> dict[str, Any]:
-    """Keep the ``k`` most probable classes of each head's ``probabilities`` (highest first); ``None`` keeps all.
-
-    ``result`` is one image's result ``{"image", <head>: {"prediction", "probabilities": {class: p}}}``;
-    fields without ``probabilities`` pass through unchanged.
-    """
-    if k is None:
-        return result
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if isinstance(value, dict) and isinstance(value.get("probabilities"), dict):
-            ranked = sorted(value["probabilities"].items(), key=lambda kv: kv[1], reverse=True)[:k]
-            value = {**value, "probabilities": dict(ranked)}
-        out[key] = value
-    return out

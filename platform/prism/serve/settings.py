@@ -17,7 +17,7 @@ Example (``serve_configs/circles.yaml``)::
         import_path: prism.serve.app:build_app
         args: {tracking_uri: null}
         deployments:
-          - name: Classifier
+          - name: ModelServer
             user_config:
               model_uri: models:/circles@champion
               max_batch_size: 16
@@ -35,7 +35,6 @@ from pydantic import Field, field_validator
 from prism.config.schema import StrictModel
 
 __all__ = [
-    "DEFAULT_MODEL_URI",
     "MAX_REQUEST_BYTES",
     "AppArgs",
     "ReloadSettings",
@@ -44,7 +43,6 @@ __all__ = [
     "settings_dict",
 ]
 
-DEFAULT_MODEL_URI = "models:/circles@champion"
 MAX_REQUEST_BYTES = 32 * 2**20  # 32 MiB: 64 images of ~0.5 MB, base64 included
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -96,9 +94,9 @@ class ReloadSettings(StrictModel):
 class ServeSettings(StrictModel):
     """Replica settings, the deployment's ``user_config`` (changes reach running replicas via ``reconfigure``)."""
 
-    model_uri: str = Field(
-        DEFAULT_MODEL_URI,
-        description="model to serve: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a "
+    model_uri: str | None = Field(
+        None,
+        description="model to serve (required): models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a "
         "bundle folder; an alias is resolved when (re)loading, so POST /reload follows a moved alias",
     )
     max_batch_size: int = Field(
@@ -123,8 +121,10 @@ class ServeSettings(StrictModel):
         "of a chunked body have arrived",
     )
     tta: bool = Field(True, description="test-time augmentation when a request does not say")
-    top_k: int | None = Field(
-        None, ge=1, description="default limit on the classes listed per head; null lists every class"
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="default request options of the served task (e.g. {top_k: 3} for a classifier), checked "
+        "against the task's options model when the model loads; a request's own options take precedence",
     )
     reload: ReloadSettings = Field(
         default_factory=ReloadSettings, description="who may call POST /reload (off by default)"
@@ -132,10 +132,17 @@ class ServeSettings(StrictModel):
 
     @field_validator("model_uri")
     @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model_uri is empty; give e.g. 'models:/circles@champion' or a bundle folder")
-        return v.strip()
+    def _non_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("model_uri is empty; give e.g. 'models:/NAME@champion' or a bundle folder")
+        return None if v is None else v.strip()
+
+    def require_model_uri(self) -> str:
+        """``model_uri``, or ``ValueError`` saying where to set it."""
+        if self.model_uri is None:
+            raise ValueError("no model_uri: set user_config.model_uri in the Serve config (e.g. "
+                             "models:/NAME@champion), or pass --model to prism serve")
+        return self.model_uri
 
 
 class AppArgs(StrictModel):

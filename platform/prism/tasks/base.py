@@ -1,39 +1,81 @@
-"""The task contract: what the one train loop, the predictor and Serve need from a task.
+"""The task contract: everything the one train loop, the predictor, the bundle and Serve need from a task.
 
-A task turns a validated :class:`~prism.config.JobConfig` into a model, tensors, a loss, metrics and
-JSON-able results. The train loop (:mod:`prism.engine.loop`) only ever talks to this interface, so
-classification, detection (variable-length box targets), segmentation (masks + text prompts) and features
-(no training) all run through the same loop. See ``docs/architecture.md``.
+A task builds only its heads on a backbone the engine built (:func:`prism.engine.model.build_model` adds
+the backbone, its LoRA sites and the heads' LoRA sites). Shapes, with B images per batch::
+
+    Ray Data batch (numpy)      {"image": uint8 (B, S, S, 3), <target columns>}
+      └─ collate_fn()(batch)    → (inputs, targets) on CPU
+           inputs               {"image": uint8 (B, S, S, 3) tensor, …}   e.g. "tokens": int64 (B, L)
+           targets              {name: tensor (B, …)}  or a list of B dicts (ragged: boxes, masks)
+      └─ engine                 moves both to the device; inputs["image"] → float (B, 3, S, S), normalised
+    model(inputs)               → outputs {name: tensor}; model.heads(features, inputs) gives them
+    loss(outputs, targets)      → (scalar loss, {part: float})
+    predictions(model, inputs, tta) → {name: tensor (B, …)} or lists of B items; what validation,
+                                  ``prism evaluate``, ``prism predict`` and Serve all score and return
+    metrics()                   → accumulator: update(predictions, targets), state()/merge() across workers
+    preprocess(image, options)  → (inputs for ONE image, without batch dim, meta)
+    postprocess(prediction, meta, options) → one JSON-able result (values may be :class:`BinaryOutput`)
+
+Ray concatenates a collate function's *list of tensors* into one tensor silently, so ragged targets are a
+list of dicts of tensors, which Ray passes through as they are. The engine applies mixed precision around
+``model(inputs)`` and ``predictions``: a task never imports from :mod:`prism.engine`'s loop.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
+from prism.tasks.options import PredictOptions
+from prism.tasks.outputs import BinaryOutput
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
+    from ray.data.collate_fn import CollateFn
+
+    from prism.backbones import Backbone
     from prism.config import JobConfig
 
-__all__ = ["MetricAccumulator", "Task"]
+__all__ = ["BinaryOutput", "HeadSite", "MetricAccumulator", "PredictOptions", "Task"]
+
+
+@dataclass(frozen=True)
+class HeadSite:
+    """A LoRA site a task offers inside its heads: the submodule (path under ``model.heads``) and the
+    default module-name suffixes adapted there (e.g. ``("q_proj", "k_proj", "v_proj", "out_proj")``)."""
+
+    module: str
+    targets: tuple[str, ...]
 
 
 class MetricAccumulator(ABC):
-    """Accumulates per-batch statistics on one worker; :meth:`reduce` sums them across workers."""
+    """Statistics of one evaluation pass on one worker, merged across workers by the engine.
+
+    ``state()`` returns the statistics as a dict. When ``summable`` (the fast path), every value is a
+    tensor and merging is elementwise addition: the engine all-reduces them in one collective. Otherwise
+    (e.g. COCO detections) the engine gathers every worker's state and ``merge``s them into one.
+    """
+
+    summable: ClassVar[bool] = True
 
     @abstractmethod
-    def update(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-               loss: float | None = None) -> None:
-        """Add one batch (model outputs and the targets from :meth:`Task.collate`)."""
+    def update(self, predictions: dict[str, Any], targets: Any) -> None:
+        """Add one batch: :meth:`Task.predictions` output and the targets from the collate function."""
 
     @abstractmethod
-    def reduce(self) -> None:
-        """All-reduce the statistics over the process group (no-op when not distributed)."""
+    def state(self) -> dict[str, Any]:
+        """The statistics so far (tensors when ``summable``; anything picklable otherwise)."""
+
+    @abstractmethod
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add the statistics of another accumulator (its :meth:`state`) into this one."""
 
     @abstractmethod
     def compute(self, prefix: str = "val/") -> dict[str, float]:
@@ -45,56 +87,71 @@ class MetricAccumulator(ABC):
 
 
 class Task(ABC):
-    """One task: build the model, turn batches into tensors, score and postprocess outputs."""
+    """One task: its heads, data, loss, metrics, predictions and the pre/postprocessing around them."""
 
-    name: str
-
-    #: input normalisation, set from the backbone by :meth:`build_model`
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    name: ClassVar[str]
+    options_class: ClassVar[type[PredictOptions]] = PredictOptions
+    """Per-request options (a pydantic model); Serve documents them in its OpenAPI spec."""
+    backbone_layers: tuple[int, ...] = ()
+    """Intermediate backbone blocks the heads read (``features["layers"]``); () = final tokens only."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
 
+    # -- examples (the contract test, demos) ----------------------------------------------------------
+    @classmethod
     @abstractmethod
-    def build_model(self) -> nn.Module:
-        """The full model (``.backbone`` + ``.heads``), LoRA injected if configured, nothing frozen yet."""
+    def example_job(cls) -> dict[str, Any]:
+        """A small raw job spec of this task on a tiny backbone: what the contract test runs every task on."""
 
     @abstractmethod
-    def encode_labels(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Label columns of a validated table → integer target arrays stored in the Ray dataset."""
+    def example_batch(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``n`` synthetic rows as a Ray Data batch of this task (what its datasets feed the collate class)."""
+
+    # -- model ------------------------------------------------------------------------------------
+    @abstractmethod
+    def build_heads(self, backbone: Backbone) -> nn.Module:
+        """The heads on ``backbone``: a module whose ``forward(features, inputs)`` returns the outputs.
+
+        ``features`` is the backbone's output for ``inputs["image"]`` (``{"cls": (B, C), "patches":
+        (B, h, w, C)}``, + ``"layers"`` for :attr:`backbone_layers`, + ``"embedding"`` for CLIP)."""
+
+    def lora_sites(self) -> dict[str, HeadSite]:
+        """LoRA sites inside the heads that ``lora.sites`` may name (none by default)."""
+        return {}
+
+    # -- data -------------------------------------------------------------------------------------
+    def build_datasets(self, img_size: int):
+        """Validated, split, lazily decoded Ray datasets: a :class:`prism.data.TrainData`."""
+        raise NotImplementedError(f"task '{self.name}' does not train")
 
     @abstractmethod
-    def collate(self, batch: dict[str, torch.Tensor], device: torch.device
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A Ray Data batch (``image`` uint8 ``(B, H, W, 3)`` + target columns) → model input
-        ``(B, 3, H, W)`` float, normalised, on ``device`` and a dict of targets on ``device``."""
+    def collate_fn(self) -> CollateFn:
+        """A Ray Data collate class (``NumpyBatchCollateFn`` …): numpy batch → ``(inputs, targets)``."""
 
+    # -- training ---------------------------------------------------------------------------------
     @abstractmethod
-    def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, outputs: dict[str, torch.Tensor], targets: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss to backpropagate, and per-part values for logging."""
 
     @abstractmethod
     def metrics(self) -> MetricAccumulator:
         """A fresh accumulator for one evaluation pass."""
 
+    # -- inference --------------------------------------------------------------------------------
     @abstractmethod
-    def infer(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = False) -> dict[str, torch.Tensor]:
-        """Inference outputs for a normalised batch ``(B, 3, H, W)``, optionally averaged over TTA views;
-        what :meth:`postprocess` and the metrics accumulator take."""
+    def predictions(self, model: nn.Module, inputs: dict[str, torch.Tensor], tta: bool | list[str] = True
+                    ) -> dict[str, Any]:
+        """Batched predictions for device ``inputs``; ``tta`` True = the task's configured views."""
 
     @abstractmethod
-    def postprocess(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-        """Model outputs for a batch → one JSON-able result per image."""
+    def preprocess(self, image: Image.Image, options: PredictOptions) -> tuple[dict[str, np.ndarray], dict]:
+        """One RGB image → (model inputs without batch dim, e.g. ``{"image": uint8 (S, S, 3)}``, meta for
+        :meth:`postprocess`, e.g. the original size)."""
 
-    def build_datasets(self, img_size: int):
-        """Validated, split, lazily decoded Ray datasets: a :class:`prism.data.TrainData`."""
-        raise NotImplementedError(f"task '{self.name}' does not train")
-
-    def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """Figures (artifact path → matplotlib Figure) from :meth:`MetricAccumulator.export` output."""
-        return {}
+    @abstractmethod
+    def postprocess(self, prediction: dict[str, Any], meta: dict, options: PredictOptions) -> dict[str, Any]:
+        """One image's predictions (batch dim removed) → its JSON-able result."""
 
     def results_frame(self, results: list[dict[str, Any]]) -> pd.DataFrame:
         """Postprocessed results as a flat table (one row per image)."""
@@ -102,6 +159,32 @@ class Task(ABC):
 
         return pd.json_normalize(results)
 
+    # -- bundle -----------------------------------------------------------------------------------
     def label_maps(self) -> dict[str, Any]:
         """Whatever maps model indices back to names (saved with every registered model)."""
         return {}
+
+    def artifacts(self, model: nn.Module) -> dict[str, bytes]:
+        """Extra files the bundle needs (relative name → bytes): text embeddings, prototypes, a PCA basis."""
+        return {}
+
+    def load_artifacts(self, model: nn.Module, artifacts: dict[str, bytes]) -> None:
+        """Take back what :meth:`artifacts` wrote (called by :func:`prism.inference.bundle.load_bundle`);
+        nothing to do for a task without artifacts."""
+        return None
+
+    def components(self, model: nn.Module) -> dict[str, dict[str, str]]:
+        """Frozen components the heads load from elsewhere, ``{name: {"sha256", "source"}}`` (a SAM decoder
+        checkpoint, a CLIP text tower): recorded in the bundle manifest and checked when it loads."""
+        return {}
+
+    def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Figures (artifact path → matplotlib Figure) from :meth:`MetricAccumulator.export` output."""
+        return {}
+
+    def parse_options(self, options: PredictOptions | dict[str, Any] | None) -> PredictOptions:
+        """``options`` validated as this task's :attr:`options_class` (``ValueError`` naming bad keys)."""
+        if isinstance(options, self.options_class):
+            return options
+        raw = options.model_dump(exclude_none=True) if isinstance(options, BaseModel) else dict(options or {})
+        return self.options_class.model_validate(raw)

@@ -17,7 +17,6 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel

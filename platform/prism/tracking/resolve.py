@@ -10,7 +10,7 @@ Accepted URIs::
 A downloaded MLflow 3 pyfunc model looks like::
 
     MLmodel  python_model.pkl  conda.yaml  python_env.yaml  requirements.txt  registered_model_meta
-    artifacts/bundle/{backbone.json, config.yaml, labels.json, weights.safetensors}
+    artifacts/bundle/{manifest.json, backbone.json, config.yaml, labels.json, metrics.json, weights.safetensors}
 """
 
 from __future__ import annotations

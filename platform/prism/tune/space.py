@@ -33,8 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from prism.config.schema import ConfigError, StrictModel, format_validation_error
 from prism.config import JobConfig, apply_overrides, load_config
+from prism.config.schema import ConfigError, StrictModel, format_validation_error
 
 __all__ = [
     "DISTRIBUTIONS",

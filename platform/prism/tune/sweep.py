@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,17 +160,14 @@ def _tuner(space: SearchSpace, base: dict[str, Any], cfg: JobConfig, parent_run_
 
 def _register_best(best: dict[str, Any], cfg: JobConfig, storage: str, alias: str, parent_run_id: str) -> str:
     """Register the best checkpoint as a new version (logged in the best trial's run) and set ``alias``."""
-    from prism.inference.bundle import BUNDLE_FILES
+    from prism.inference.bundle import stage_bundle
     from prism.inference.publish import register_bundle
     from prism.tracking import set_alias
     from prism.tune.results import best_column
 
     name, metric = cfg.tracking.model_name, cfg.train.metric
     with tempfile.TemporaryDirectory() as tmp, _checkpoint(best["checkpoint"], storage).as_directory() as d:
-        bundle = Path(tmp) / "bundle"
-        bundle.mkdir()
-        for f in (*BUNDLE_FILES, "metrics.json"):
-            shutil.copy2(Path(d) / f, bundle / f)
+        bundle = stage_bundle(Path(d), Path(tmp) / "bundle")
         fingerprint = json.loads((bundle / "metrics.json").read_text()).get("val_fingerprint")
         mv = register_bundle(bundle, name, run_id=best["mlflow_run_id"], metric=metric,
                              value=best[best_column(metric)], mode=cfg.train.mode, val_fingerprint=fingerprint)
@@ -228,10 +224,10 @@ def _best(table: pd.DataFrame, metric: str) -> dict[str, Any]:
 
 def run_sweep(job: str | Path, space: str | Path, overrides: list[str] | None = None) -> SweepOutcome:
     """Run the search of ``space`` over ``job`` end to end (see the module docstring)."""
+    from prism.engine.driver import resolve_img_size
     from prism.runtime.ray_cluster import ensure_ray
     from prism.tasks import build_task
     from prism.tracking import browse_command, configure_tracking, get_or_create_experiment
-    from prism.engine.driver import resolve_img_size
     from prism.tune.results import best_column
 
     sp = load_space(space)

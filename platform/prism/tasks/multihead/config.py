@@ -7,11 +7,12 @@ condition fails the head's loss is masked and its output is ``na``; ``na`` is ne
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from prism.config.schema import StrictModel
+from prism.tasks.config import TaskConfig
 
 __all__ = ["HeadConfig", "MultiHeadTaskConfig", "NA", "TTA_OPS"]
 
@@ -54,8 +55,11 @@ class HeadConfig(StrictModel):
         return self
 
 
-class MultiHeadTaskConfig(StrictModel):
+class MultiHeadTaskConfig(TaskConfig):
     """Multi-head classification: any number of heads, some conditional on others."""
+
+    default_metric: ClassVar[str] = "val/macro_f1"
+    default_mode: ClassVar[Literal["max", "min"]] = "max"
 
     name: Literal["multihead"] = "multihead"
     heads: list[HeadConfig] = Field(min_length=1)

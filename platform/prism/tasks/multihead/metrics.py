@@ -6,12 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from prism.runtime.distributed import all_reduce_sum
 from prism.tasks.base import MetricAccumulator
 from prism.tasks.multihead.config import MultiHeadTaskConfig
 from prism.tasks.multihead.labels import IGNORE
+from prism.tasks.multihead.loss import multihead_loss
 
 __all__ = ["MultiHeadMetrics", "scores_from_confusion"]
 
@@ -42,37 +41,44 @@ def scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
 
 
 class MultiHeadMetrics(MetricAccumulator):
-    """Confusion matrix per head over rows whose target is defined, plus the mean loss."""
+    """Confusion matrix per head over rows whose target is defined, plus the mean loss of the predictions.
+
+    State (summable): ``cm/<head>`` float64 ``(K, K)`` counts (rows = truth) and ``loss`` float64 ``(2,)``
+    = (sum over batches of loss × rows, rows).
+    """
 
     def __init__(self, cfg: MultiHeadTaskConfig):
         self.cfg = cfg
         self.cm = {h.name: torch.zeros(len(h.classes), len(h.classes), dtype=torch.float64) for h in cfg.heads}
-        self.loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of batch losses × rows, rows)
+        self.loss_sum = torch.zeros(2, dtype=torch.float64)
 
-    def update(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-               loss: float | None = None) -> None:
-        """``outputs[h]``: logits or probabilities ``(B, K_h)``; ``targets["y_<h>"]``: ``(B,)`` with -1 = skip."""
+    def update(self, predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
+        """``predictions[h]``: probabilities ``(B, K_h)``; ``targets["y_<h>"]``: ``(B,)`` with -1 = skip.
+
+        The loss is the training loss (cross-entropy with the head's weights and label smoothing) of these
+        probabilities, i.e. of the prediction users get (TTA-averaged when it was)."""
         n = None
         for h in self.cfg.heads:
             y = targets[f"y_{h.name}"].detach().cpu()
-            pred = outputs[h.name].detach().float().argmax(dim=-1).cpu()
+            pred = predictions[h.name].detach().float().argmax(dim=-1).cpu()
             n = len(y)
             valid = y != IGNORE
             k = len(h.classes)
             idx = y[valid] * k + pred[valid]
             self.cm[h.name] += torch.bincount(idx, minlength=k * k).reshape(k, k).double()
-        if loss is not None and n:
-            self.loss_sum += torch.tensor([loss * n, n], dtype=torch.float64)
+        if n:
+            log_p = {k: v.detach().float().clamp_min(torch.finfo(torch.float32).tiny).log().cpu()
+                     for k, v in predictions.items()}
+            loss, _ = multihead_loss(self.cfg, log_p, {k: v.detach().cpu() for k, v in targets.items()})
+            self.loss_sum += torch.tensor([float(loss) * n, n], dtype=torch.float64)
 
-    def reduce(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        flat = all_reduce_sum(torch.cat([c.flatten() for c in self.cm.values()] + [self.loss_sum]))
-        offset = 0
-        for name, c in self.cm.items():
-            self.cm[name] = flat[offset:offset + c.numel()].reshape(c.shape).clone()
-            offset += c.numel()
-        self.loss_sum = flat[offset:].clone()
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{f"cm/{k}": v.clone() for k, v in self.cm.items()}, "loss": self.loss_sum.clone()}
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        for k in self.cm:
+            self.cm[k] += torch.as_tensor(state[f"cm/{k}"], dtype=torch.float64)
+        self.loss_sum += torch.as_tensor(state["loss"], dtype=torch.float64)
 
     def compute(self, prefix: str = "val/") -> dict[str, float]:
         out: dict[str, float] = {}

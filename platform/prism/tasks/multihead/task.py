@@ -7,51 +7,90 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from pydantic import Field
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
-from prism.engine.inputs import apply_view, to_model_input
-from prism.tasks.base import Task
+from prism.tasks.base import PredictOptions, Task
 from prism.tasks.multihead.config import NA
 from prism.tasks.multihead.labels import encode_labels, unknown_labels
 from prism.tasks.multihead.loss import multihead_loss
 from prism.tasks.multihead.metrics import MultiHeadMetrics
-from prism.tasks.multihead.model import MultiHeadClassifier, build_heads
-from prism.engine.precision import autocast, resolve_amp
+from prism.tasks.multihead.model import MultiHeadHeads, build_heads
+from prism.tasks.views import apply_view
 
 if TYPE_CHECKING:
     import pandas as pd
+    from PIL import Image
 
-__all__ = ["MultiHeadTask"]
+    from prism.backbones import Backbone
+
+__all__ = ["MultiHeadCollate", "MultiHeadOptions", "MultiHeadTask"]
+
+
+class MultiHeadOptions(PredictOptions):
+    """Request options of the multi-head classifier."""
+
+    top_k: int | None = Field(None, ge=1, description="list only the k most probable classes of each head")
+
+
+class MultiHeadCollate(NumpyBatchCollateFn):
+    """Ray Data batch ``{"image": uint8 (B, S, S, 3), "y_<head>": int64 (B,)}`` →
+    ``({"image": uint8 tensor (B, S, S, 3)}, {"y_<head>": int64 tensor (B,)})``."""
+
+    def __init__(self, heads: list[str]):
+        self.heads = list(heads)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        inputs = {"image": torch.from_numpy(np.ascontiguousarray(batch["image"]))}
+        targets = {f"y_{h}": torch.from_numpy(np.asarray(batch[f"y_{h}"], dtype=np.int64)) for h in self.heads}
+        return inputs, targets
 
 
 class MultiHeadTask(Task):
     """Heads and classes from ``cfg.task``; conditional heads answer ``na`` where undefined."""
 
     name = "multihead"
+    options_class = MultiHeadOptions
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.tcfg = cfg.task
-        self.mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-        self.std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    # -- examples ----------------------------------------------------------------------------------
+    @classmethod
+    def example_job(cls) -> dict[str, Any]:
+        """Two heads (one conditional) on the tiny DINOv2 backbone at 28 px, LoRA on its last block."""
+        return {
+            "task": {"name": "multihead", "tta": ["hflip"],
+                     "heads": [{"name": "presence", "classes": ["yes", "maybe", "no"]},
+                               {"name": "closure", "classes": ["closed", "open"],
+                                "only_when": {"presence": ["yes", "maybe"]}}]},
+            "backbone": {"name": "dinov2_tiny", "img_size": 28},
+            "lora": {"rank": 4, "last_k": 1},
+            "stages": [{"kind": "probe", "epochs": 1, "lr": {"head": 1e-2}},
+                       {"kind": "lora", "epochs": 1, "lr": {"head": 1e-2, "lora": 1e-2}}],
+        }
+
+    def example_batch(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random images and labels; a conditional head's label is -1 where its condition fails."""
+        from prism.tasks.multihead.labels import IGNORE
+
+        rng = np.random.default_rng(seed)
+        s = self.img_size
+        batch: dict[str, np.ndarray] = {"image": rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)}
+        for h in self.tcfg.heads:
+            batch[f"y_{h.name}"] = rng.integers(0, len(h.classes), n).astype(np.int64)
+        for h in self.tcfg.heads:
+            for parent, allowed in (h.only_when or {}).items():
+                classes = next(p.classes for p in self.tcfg.heads if p.name == parent)
+                ok = np.isin(batch[f"y_{parent}"], [classes.index(c) for c in allowed])
+                batch[f"y_{h.name}"][~ok] = IGNORE
+        return batch
 
     # -- model -------------------------------------------------------------------------------------
-    def build_model(self) -> MultiHeadClassifier:
-        from prism.adapters import add_lora
-        from prism.backbones import create_backbone
-
-        b = self.cfg.backbone
-        backbone = create_backbone(b.name, pretrained=b.pretrained, weights=b.weights, img_size=b.img_size,
-                                   seed=b.seed)
-        if self.cfg.lora is not None:
-            lo = self.cfg.lora
-            add_lora(backbone, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, last_k=lo.last_k,
-                     targets=tuple(lo.targets))
-        self.mean, self.std = tuple(backbone.mean), tuple(backbone.std)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.cfg.train.seed)
-            heads = build_heads(self.tcfg, backbone.embed_dim)
-        return MultiHeadClassifier(backbone, heads, pooling=self.tcfg.pooling)
+    def build_heads(self, backbone: Backbone) -> MultiHeadHeads:
+        return build_heads(self.tcfg, backbone.embed_dim)
 
     @property
     def img_size(self) -> int:
@@ -72,11 +111,8 @@ class MultiHeadTask(Task):
         """Labels of the first head: the split keeps its class proportions in train and val."""
         return df[self.tcfg.heads[0].name].fillna("").astype(str).to_numpy()
 
-    def collate(self, batch: dict[str, torch.Tensor], device: torch.device
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = to_model_input(batch["image"], self.mean, self.std, device)
-        targets = {f"y_{h.name}": batch[f"y_{h.name}"].to(device, torch.int64) for h in self.tcfg.heads}
-        return x, targets
+    def collate_fn(self) -> MultiHeadCollate:
+        return MultiHeadCollate([h.name for h in self.tcfg.heads])
 
     # -- training ----------------------------------------------------------------------------------
     def loss(self, outputs, targets):
@@ -92,70 +128,47 @@ class MultiHeadTask(Task):
         for False none, or an explicit list."""
         return ["identity"] + (list(self.tcfg.tta) if tta is True else list(tta or []))
 
-    @torch.no_grad()
-    def log_probs(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = True
-                  ) -> dict[str, torch.Tensor]:
-        """``(B, 3, H, W)`` → ``{head: log of the view-averaged probabilities (B, K)}`` float32.
+    def predictions(self, model: nn.Module, inputs: dict[str, torch.Tensor], tta: bool | list[str] = True
+                    ) -> dict[str, torch.Tensor]:
+        """``{"image": (B, 3, S, S)}`` → ``{head: probabilities (B, K)}`` float32, averaged over :meth:`tta_views`.
 
-        The average over the views of :meth:`tta_views` is taken in log space (``logsumexp`` of each
-        view's ``log_softmax`` minus ``log V``), so it stays finite where a probability underflows. These
-        are valid logits: ``softmax`` of them is the averaged probabilities, and the cross-entropy of them
-        is the loss of the averaged prediction. The forward runs in the job's mixed precision
-        (``train.amp``, see :func:`resolve_amp`: bf16 or fp16 on CUDA, fp32 on CPU).
+        The average is taken in log space (``logsumexp`` of each view's ``log_softmax`` minus ``log V``),
+        so it stays finite where a probability underflows. Training's validation, ``prism evaluate``,
+        ``prism predict`` and Serve all score these.
         """
         ops = self.tta_views(tta)
-        amp = resolve_amp(self.cfg.train.amp, x.device)
         views: dict[str, list[torch.Tensor]] = {}
         for op in ops:
-            with autocast(x.device, amp):
-                logits = model(apply_view(x, op))
+            logits = model({**inputs, "image": apply_view(inputs["image"], op)})
             for k, z in logits.items():
                 views.setdefault(k, []).append(z.float().log_softmax(dim=-1))
-        return {k: torch.stack(v).logsumexp(dim=0) - math.log(len(ops)) for k, v in views.items()}
+        return {k: (torch.stack(v).logsumexp(dim=0) - math.log(len(ops))).exp() for k, v in views.items()}
 
-    @torch.no_grad()
-    def infer(self, model: nn.Module, x: torch.Tensor, tta: bool | list[str] = False) -> dict[str, torch.Tensor]:
-        """``(B, 3, H, W)`` → ``{head: probabilities (B, K)}`` float32, averaged over the identity and TTA views.
+    def preprocess(self, image: Image.Image, options: PredictOptions) -> tuple[dict[str, np.ndarray], dict]:
+        """RGB image → ``{"image": uint8 (S, S, 3)}`` (resized as training resized) and its original size."""
+        from prism.data.images import resize_rgb
 
-        ``tta`` is False (identity only), True (the configured ``task.tta`` views) or an explicit list.
-        """
-        return {k: v.exp() for k, v in self.log_probs(model, x, tta).items()}
+        return {"image": resize_rgb(image, self.img_size)}, {"size": list(image.size)}
 
-    @torch.no_grad()
-    def validation_step(self, model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor],
-                        tta: bool | list[str] = True) -> tuple[dict[str, torch.Tensor], float]:
-        """One scored batch: ``({head: probabilities (B, K)}, loss)``, what :meth:`metrics` accumulates.
-
-        ``x`` is ``(B, 3, H, W)`` and ``targets`` ``{"y_<head>": int64 (B,)}`` from :meth:`collate`. The
-        probabilities are :meth:`infer`'s with ``tta`` (default True: the configured ``task.tta`` views,
-        as ``prism evaluate``, ``prism predict`` and Serve default to), and the loss is the training loss
-        of those averaged probabilities, so ``val/*`` metrics score what is served. With ``tta=False`` both
-        are those of the raw model output.
-        """
-        log_p = self.log_probs(model, x, tta)
-        loss, _ = self.loss(log_p, targets)
-        return {k: v.exp() for k, v in log_p.items()}, float(loss)
-
-    def postprocess(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-        """``{head: probabilities (B, K)}`` → per image ``{head: {"prediction", "probabilities"}}``.
+    def postprocess(self, prediction: dict[str, torch.Tensor], meta: dict, options: PredictOptions
+                    ) -> dict[str, Any]:
+        """``{head: probabilities (K,)}`` → ``{head: {"prediction", "probabilities"}}`` (``top_k`` classes,
+        most probable first, when the option is set).
 
         A conditional head's prediction is ``na`` where its condition fails on the *predicted* classes
         of the heads it depends on; its probabilities are still reported (they are conditional).
         """
-        probs = {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}
-        n = len(next(iter(probs.values())))
-        results: list[dict[str, Any]] = []
-        for i in range(n):
-            pred = {h.name: h.classes[int(probs[h.name][i].argmax())] for h in self.tcfg.heads}
-            row: dict[str, Any] = {}
-            for h in self.tcfg.heads:
-                defined = all(pred[p] in allowed for p, allowed in (h.only_when or {}).items())
-                row[h.name] = {
-                    "prediction": pred[h.name] if defined else NA,
-                    "probabilities": {c: round(float(probs[h.name][i][j]), 6) for j, c in enumerate(h.classes)},
-                }
-            results.append(row)
-        return results
+        top_k = getattr(options, "top_k", None)
+        probs = {k: v.float().numpy() for k, v in prediction.items()}
+        pred = {h.name: h.classes[int(probs[h.name].argmax())] for h in self.tcfg.heads}
+        row: dict[str, Any] = {}
+        for h in self.tcfg.heads:
+            defined = all(pred[p] in allowed for p, allowed in (h.only_when or {}).items())
+            ranked = [(c, round(float(probs[h.name][j]), 6)) for j, c in enumerate(h.classes)]
+            if top_k is not None:
+                ranked = sorted(ranked, key=lambda kv: kv[1], reverse=True)[:top_k]
+            row[h.name] = {"prediction": pred[h.name] if defined else NA, "probabilities": dict(ranked)}
+        return row
 
     def build_datasets(self, img_size: int):
         from prism.data import build_datasets

@@ -1,0 +1,26 @@
+"""``prism predict --option key=value``: the task's request options from the command line, checked by the task."""
+
+from __future__ import annotations
+
+import json
+
+from prism.cli import main
+from tests.helpers.bundles import build_bundle
+from tests.helpers.images import sample_images
+
+
+def test_predict_takes_the_tasks_options_and_names_the_accepted_ones(tmp_path, capsys):
+    bundle = build_bundle(tmp_path / "bundle").path
+    images = sample_images(tmp_path / "img", n=2)
+    out = tmp_path / "preds.json"
+    assert main(["predict", "--model", str(bundle), *map(str, images), "--option", "top_k=1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results) == 2
+    for r in results:
+        for head in ("presence", "closure", "circularity"):
+            assert len(r[head]["probabilities"]) == 1  # top_k=1 reached the task's postprocess
+    assert main(["predict", "--model", str(bundle), str(images[0]), "--option", "colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "colour: Extra inputs are not permitted" in err and "task 'multihead' accepts: top_k, tta" in err
+    assert main(["predict", "--model", str(bundle), str(images[0]), "--option", "top_k"]) == 2
+    assert "must look like key=value" in capsys.readouterr().err
