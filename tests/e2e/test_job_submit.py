@@ -52,15 +52,32 @@ def cluster(project):
     ray_tmp = private_ray_tmp()
     env = {"RAY_AUTH_MODE": "token"}
     try:
+        # as the README does: `ray start` turns token auth on only where a token exists (a fresh machine has none)
+        token = run(["ray", "get-auth-token", "--generate"], cwd=project, env=env, timeout=120)
+        assert token.returncode == 0, token.stdout + token.stderr
         start = run(["ray", "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
                      "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
                      f"--temp-dir={ray_tmp}"], cwd=project, env=env, timeout=180)
         assert start.returncode == 0, start.stdout + start.stderr
         assert ray_processes(ray_tmp), "no process names the cluster's temp dir: it could not be stopped alone"
+        wait_for_job_agent(f"http://127.0.0.1:{dash}", project, env)
         yield f"http://127.0.0.1:{dash}", env, ray_tmp
     finally:
         stop_ray_processes(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def wait_for_job_agent(address: str, project: Path, env: dict, timeout_s: float = 180) -> None:
+    """Return once the head accepts a job: ``ray start`` returns before the node's job agent has registered,
+    and until it has, the dashboard refuses submissions with "No available agent to submit job"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = run(["ray", "job", "submit", "--address", address, "--", "true"], cwd=project, env=env, timeout=120)
+        text = out.stdout + out.stderr
+        if out.returncode == 0:
+            return
+        assert "No available agent" in text and time.monotonic() < deadline, text[-2000:]
+        time.sleep(1)  # the agent's registration is not an event a client can await
 
 
 def train_worker_pids(ray_tmp: Path) -> list[int]:

@@ -55,6 +55,7 @@ class Stage:
     blocks: object = "all"
     weight_decay: float = 0.0
     name: str | None = None
+    lora_sites: list[str] | None = None
 
 
 LRS = {"head": 1e-2, "lora": 1e-3, "backbone": 1e-4}

@@ -1,147 +1,22 @@
-"""LoRA head sites: injection, parameter groups, what each stage trains, save/load and merge of every site.
-
-The model is a tiny dinov2 backbone + SAM-like heads: a decoder whose attention block has q/k/v/out
-projections (the "decoder" site) and an MLP, a norm, and a `proj` Linear (the "out" site in most tests).
-"""
+"""LoRA head sites: injection, parameter groups, and what each stage trains, on the tiny segmenter
+(`tests.helpers.segmenter`: a "decoder" site on q/k/v/out projections, an "out" site on `proj`)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
 import pytest
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from prism.adapters import (
     add_head_lora,
-    add_lora,
     apply_stage,
-    has_lora,
-    load_adapted,
     lora_sites,
-    merge_lora,
     parameter_groups,
-    save_adapted,
     stage_lr_keys,
-    trainable_names_union,
     trainable_report,
 )
-from tests.helpers.models import create, randomize_lora_b, snapshot, trainable
-
-ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-class Attention(nn.Module):
-    """Self-attention through q/k/v/out projections (as in SAM's mask decoder): (B, N, C) -> (B, N, C)."""
-
-    def __init__(self, dim: int, num_heads: int = 2) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(
-            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class Decoder(nn.Module):
-    """2 learned tokens attend with the patches: (B, N, C) -> (B, 2, C)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.tokens = nn.Parameter(torch.randn(2, dim))
-        self.attn = Attention(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.tokens.expand(len(patches), -1, -1), patches], dim=1)
-        x = x + self.attn(x)
-        return (x + self.mlp(x))[:, :2]
-
-
-class TinyHeads(nn.Module):
-    """Backbone features -> (B, 2, 3)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.decoder = Decoder(dim)
-        self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, 3)
-
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.proj(self.norm(self.decoder(features["patches"].flatten(1, 2))))
-
-
-class TinySegmenter(nn.Module):
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            self.heads = TinyHeads(backbone.embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.backbone(x))
-
-
-@dataclass
-class Stage:
-    """The stage fields `apply_stage` reads, lora_sites included."""
-
-    kind: str
-    lr: dict
-    blocks: object = "all"
-    lora_sites: list | None = None
-    weight_decay: float = 0.0
-    name: str | None = None
-
-
-def build(backbone_lora: bool = True, sites: tuple[str, ...] = ("decoder", "out")) -> TinySegmenter:
-    """TinySegmenter with backbone LoRA (rank 4, last 2 blocks) and the head sites named in `sites`."""
-    model = TinySegmenter(create("dinov2_tiny"))
-    if backbone_lora:
-        add_lora(model.backbone, rank=4, alpha=8, last_k=2)
-    if "decoder" in sites:
-        add_head_lora(model, "decoder", "decoder", ATTN, rank=2, alpha=4)
-    if "out" in sites:
-        add_head_lora(model, "out", "proj", ["proj"], rank=2, alpha=4)
-    return model
-
-
-def images(n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 56, 56, generator=torch.Generator().manual_seed(seed))
-
-
-# Each group's members, from parameter names alone (independent of prism.adapters.stages).
-def members(model: nn.Module, group: str, blocks: object = "all") -> set[str]:
-    names = {n for n, _ in model.named_parameters()}
-    lora = {n for n in names if ".lora_" in n}
-    under = {"decoder": "heads.decoder.", "out": "heads.proj.", "backbone": "backbone."}
-    if group == "head":
-        return {
-            n for n in names if n.startswith("heads.") and not n.startswith(("heads.decoder.", "heads.proj."))
-        }
-    family, _, site = group.partition(".")
-    if family == "lora":
-        return {n for n in lora if n.startswith(under[site])}
-    if family == "head":
-        return {n for n in names - lora if n.startswith(under[site])}
-    base = {n for n in names - lora if n.startswith("backbone.")}
-    if blocks == "all":
-        return base
-    return {
-        n for n in base if n.startswith(tuple(f"backbone.model.blocks.{i}." for i in range(3 - blocks, 3)))
-    }
+from tests.helpers.models import Stage, randomize_lora_b, snapshot, trainable
+from tests.helpers.segmenter import ATTN, build, images, members
 
 
 # --------------------------------------------------------------------------------------------- inject
@@ -366,103 +241,3 @@ def test_trainable_report_has_a_row_per_group():
     n_decoder = sum(p.numel() for n, p in model.named_parameters() if n in members(model, "lora.decoder"))
     assert rows["lora.decoder"][1:3] == ["8/8", f"{n_decoder:,}"]
     assert rows["lora.out"][1] == "0/2" and rows["head.decoder"][1].startswith("0/")
-
-
-# --------------------------------------------------------------------------------------------- save / load
-PLAN = [
-    Stage("probe", {"head": 1e-2}),
-    Stage("lora", {"head": 1e-2, "lora": 1e-3, "head.out": 1e-3}),
-]
-
-
-def test_every_site_round_trips_into_a_fresh_model(tmp_path):
-    model = build()
-    randomize_lora_b(model)
-    names = trainable_names_union(model, PLAN)
-    assert members(model, "head.out") <= names and not members(model, "head.decoder") & names
-    with torch.no_grad():
-        model.heads.proj.base_layer.weight.add_(0.1)  # a trained head-site base differs from a fresh build
-    path = save_adapted(tmp_path / "a.safetensors", model, names)
-
-    fresh = build(backbone_lora=False, sites=())
-    result = load_adapted(path, fresh)
-    assert result.missing_keys == [] and result.unexpected_keys == []
-    assert json.loads(result.metadata["prism.lora_sites"]) == model.heads.lora_sites
-    assert fresh.heads.lora_sites == model.heads.lora_sites
-    x = images()
-    model.eval()
-    fresh.eval()
-    with torch.no_grad():
-        assert torch.equal(fresh(x), model(x))
-        baseline = build()(x)
-        assert not torch.allclose(fresh(x), baseline, atol=1e-3)  # what was loaded matters
-        for site in ("decoder", "out", "backbone"):  # each site's LoRA reaches the output
-            changed = build()
-            changed.load_state_dict(model.state_dict())
-            for n, p in changed.named_parameters():
-                if ".lora_B." in n and n.startswith(lora_sites(changed)[site]):
-                    p.add_(0.5)
-            assert not torch.allclose(changed(x), fresh(x), atol=1e-4), site
-
-    load_adapted(path, build())  # sites already present with the same settings: no injection needed
-
-
-def test_load_checks_head_site_keys_and_settings(tmp_path):
-    model = build()
-    names = {n for n, _ in model.named_parameters() if n.startswith("heads.") or ".lora_" in n}
-    partial = names - {"heads.decoder.attn.q_proj.lora_A.default.weight"}
-    path = save_adapted(tmp_path / "p.safetensors", model, partial)
-    with pytest.raises(ValueError, match=r"missing keys .*heads\.decoder\.attn\.q_proj\.lora_A"):
-        load_adapted(path, build(backbone_lora=False, sites=()))
-    assert load_adapted(path, build(), strict=False).missing_keys == [
-        "heads.decoder.attn.q_proj.lora_A.default.weight"
-    ]
-
-    path = save_adapted(tmp_path / "a.safetensors", model, names)
-    other = build(sites=())
-    add_head_lora(other, "decoder", "decoder", ATTN, rank=4, alpha=4)
-    with pytest.raises(ValueError, match=r"head-site settings differ .*'decoder': \{'rank': \(2, 4\)\}"):
-        load_adapted(path, other)
-    elsewhere = build(sites=())
-    elsewhere.heads.proj = nn.Identity()  # the recorded site's module is gone
-    with pytest.raises(
-        ValueError, match=r"cannot inject the recorded LoRA head sites .*'proj'.*Linear modules"
-    ):
-        load_adapted(path, elsewhere)
-
-
-def test_file_without_head_site_metadata_still_loads(tmp_path):
-    """A file as written before head sites: heads + backbone LoRA, only prism.lora_config metadata."""
-    model = build(sites=())
-    randomize_lora_b(model)
-    tensors = {
-        n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("heads.") or ".lora_" in n
-    }
-    path = tmp_path / "old.safetensors"
-    save_file(tensors, str(path), metadata={"prism.lora_config": json.dumps(model.backbone.lora_config)})
-    fresh = build(backbone_lora=False, sites=())
-    assert load_adapted(path, fresh).missing_keys == []
-    assert lora_sites(fresh) == {"backbone": "backbone."}
-    with torch.no_grad():
-        assert torch.equal(fresh(images()), model(images()))
-
-
-# --------------------------------------------------------------------------------------------- merge
-def test_merge_folds_every_site():
-    model = build().eval()
-    randomize_lora_b(model)
-    x = images()
-    with torch.no_grad():
-        unmerged = model(x)
-    records = dict(model.heads.lora_sites)
-    assert merge_lora(model) is model
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
-    assert not has_lora(model)
-    assert model.heads.lora_sites is None and model.heads.merged_lora_sites == records
-    assert lora_sites(model) == {}
-    reference = build(backbone_lora=False, sites=())
-    assert sorted(n for n, _ in model.named_parameters()) == sorted(
-        n for n, _ in reference.named_parameters()
-    )
-    assert list(parameter_groups(model)) == ["head", "backbone"]
