@@ -56,6 +56,7 @@ class Stage:
     weight_decay: float = 0.0
     name: str | None = None
     lora_sites: list[str] | None = None
+    frozen_blocks: int | list[int] | None = None
 
 
 LRS = {"head": 1e-2, "lora": 1e-3, "backbone": 1e-4}

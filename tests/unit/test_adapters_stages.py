@@ -32,9 +32,13 @@ def expected_trainable(model: TinyClassifier, stage: Stage) -> set[str]:
     if stage.kind == "lora":
         return heads | lora
     num = model.backbone.num_blocks
-    if stage.blocks == "all":
+    if stage.frozen_blocks is not None:
+        frozen = range(stage.frozen_blocks) if isinstance(stage.frozen_blocks, int) else stage.frozen_blocks
+        blocks = [i for i in range(num) if i not in frozen]
+    elif stage.blocks == "all":
         return heads | lora | base
-    blocks = range(num - stage.blocks, num) if isinstance(stage.blocks, int) else stage.blocks
+    else:
+        blocks = range(num - stage.blocks, num) if isinstance(stage.blocks, int) else stage.blocks
     prefixes = tuple(f"backbone.{model.backbone.block_names[i]}." for i in blocks)
     return heads | lora | {n for n in base if n.startswith(prefixes)}
 
@@ -45,11 +49,14 @@ STAGES = [
     Stage("unfreeze", LRS, blocks="all"),
     Stage("unfreeze", LRS, blocks=1),
     Stage("unfreeze", LRS, blocks=[0, 2]),
+    Stage("unfreeze", LRS, frozen_blocks=0),
+    Stage("unfreeze", LRS, frozen_blocks=2),
+    Stage("unfreeze", LRS, frozen_blocks=[1]),
 ]
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s.kind}-{s.blocks}")
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s.kind}-{s.blocks}-frozen{s.frozen_blocks}")
 def test_stage_trains_exactly_its_parameters(name, stage):
     model = make(name, targets=("attn", "mlp"))
     groups = apply_stage(model, stage)
@@ -186,3 +193,22 @@ def test_trainable_report_counts_groups():
     assert lines["total"][2] == f"{n_lora + 147:,}"
     assert f"of {total:,} parameters" in report
     assert lines["lora.backbone"][3] == f"{100 * n_lora / total:.2f}%"
+
+
+@pytest.mark.parametrize(("stage", "message"), [
+    (Stage("unfreeze", LRS, frozen_blocks=3), r"frozen_blocks=3 is out of range; the backbone has 3 blocks"),
+    (Stage("unfreeze", LRS, frozen_blocks=[0, 1, 2]), r"leaving at least one block to train"),
+    (Stage("unfreeze", LRS, frozen_blocks=[5]), r"block indices in 0\.\.2"),
+    (Stage("unfreeze", LRS, blocks=1, frozen_blocks=1), r"not both"),
+])
+def test_bad_frozen_blocks_raise(stage, message):
+    with pytest.raises(ValueError, match=message):
+        apply_stage(make("dinov2_tiny"), stage)
+
+
+def test_frozen_blocks_keep_the_embeddings_frozen():
+    model = make("dinov2_tiny")
+    apply_stage(model, Stage("unfreeze", LRS, frozen_blocks=0))
+    assert "backbone.model.pos_embed" not in trainable(model)
+    assert {n for n in trainable(model) if n.startswith("backbone.model.blocks.")} == {
+        n for n, _ in model.named_parameters() if n.startswith("backbone.model.blocks.")}

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from prism.config import ConfigError, apply_overrides, dump_config, load_config
-from tests.conftest import CIRCLES_JOB
+from tests.conftest import CIRCLES_JOB, ROOT
 
 
 def test_circles_job_loads_with_overrides():
@@ -30,6 +30,7 @@ def test_circles_job_loads_with_overrides():
         ("task.heads.1.only_when={presence: [circle]}", "not classes of 'presence'"),
         ("task.heads.0.classes=[a, na]", "'na'"),
         ("train.mode=maximum", "train.mode"),
+        ("stages.0.frozen_blocks=2", "frozen_blocks is for unfreeze stages"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, expected):
@@ -85,3 +86,12 @@ def test_unknown_train_metric_is_refused_before_training(circles_raw):
         check_metric(cfg, build_task(cfg))
     for ok in ("val/loss", "train/loss", "val/closure/macro_f1"):
         check_metric(cfg.model_copy(update={"train": cfg.train.model_copy(update={"metric": ok})}), build_task(cfg))
+
+
+@pytest.mark.parametrize("job", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_job_specs_load_and_their_plans_fit_their_models(job):
+    from prism.engine.model import check_plan
+    from prism.tasks import build_task
+
+    cfg = load_config(job)
+    check_plan(cfg, build_task(cfg))  # on the meta device: groups, learning rates, blocks

@@ -30,8 +30,9 @@ CONFIG = ROOT / "serve_configs" / "circles.yaml"
 # ------------------------------------------------------------------------------------------ config
 
 
-def test_circles_config_is_a_valid_serve_config_with_resolvable_builder():
-    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+@pytest.mark.parametrize(("name", "model"), [("circles.yaml", "circles"), ("classify.yaml", "sketches")])
+def test_shipped_configs_are_valid_serve_configs_with_resolvable_builder(name, model):
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_configs" / name).read_text()))
     (app,) = schema.applications
     assert app.import_path == BUILDER
     module, attr = app.import_path.split(":")
@@ -42,7 +43,7 @@ def test_circles_config_is_a_valid_serve_config_with_resolvable_builder():
     (dep,) = app.deployments
     assert dep.name == DEPLOYMENT
     settings = ServeSettings.model_validate(dep.user_config)
-    assert settings.model_uri == "models:/circles@champion"
+    assert settings.model_uri == f"models:/{model}@champion" and app.name == model
     assert settings.max_request_bytes == 32 * 1024 * 1024
     if settings.reload.enabled and settings.reload.token_env is None:  # an open POST /reload: loopback only
         assert schema.http_options.host == "127.0.0.1", "set reload.token_env before listening beyond loopback"

@@ -163,12 +163,13 @@ def test_keys_that_change_the_datasets(key, per_trial):
     assert (data_keys(sp) == [key]) is per_trial
 
 
-@pytest.mark.parametrize("name", ["lora.yaml", "quick.yaml"])
-def test_shipped_spaces_validate_against_the_circles_job(name):
+@pytest.mark.parametrize(("name", "job"), [("lora.yaml", CIRCLES_JOB), ("quick.yaml", CIRCLES_JOB),
+                                         ("classify.yaml", ROOT / "jobs" / "sketches.yaml")])
+def test_shipped_spaces_validate_against_their_job(name, job):
     from prism.tune.sweep import sweep_config
 
     sp = load_space(ROOT / "tune_spaces" / name)
-    cfg = sweep_config(CIRCLES_JOB, sp)
+    cfg = sweep_config(job, sp)
     searched = {dim.key: dim for dim in sp.dimensions}
     plans = searched["stages"].values if "stages" in searched else [cfg.model_dump(mode="json")["stages"]]
     longest = max(sum(stage["epochs"] for stage in plan) for plan in plans)

@@ -16,6 +16,8 @@ possibly with LoRA head sites from `add_head_lora`). Its parameters fall into th
                     "lora"                              every lora.<site> group without a key of its own
                     "lora.<site>"                       that site's LoRA, overriding "lora"
     blocks        unfreeze only: "all" | int N (the last N blocks) | list[int] (those blocks)
+    frozen_blocks unfreeze only, instead of blocks: int N (the first N stay frozen) | list[int] (those stay
+                  frozen); every other block trains, the embeddings stay frozen; None (or absent) = use blocks
     lora_sites    optional list of site names whose LoRA trains; None (or absent) = every site present
     weight_decay  float, 0.0 when absent
     name          optional display name (defaults to kind)
@@ -132,6 +134,11 @@ def _block_indices(stage: Any, num_blocks: int) -> list[int] | None:
     """Block indices an unfreeze stage opens; None means "all" (embeddings and norms included)."""
     blocks = getattr(stage, "blocks", "all")
     where = f"stage {_stage_name(stage)!r} (unfreeze)"
+    frozen = getattr(stage, "frozen_blocks", None)
+    if frozen is not None:
+        if blocks != "all":
+            raise ValueError(f"{where}: give blocks (what trains) or frozen_blocks (what stays frozen), not both")
+        return [i for i in range(num_blocks) if i not in _frozen_indices(frozen, num_blocks, where)]
     if blocks == "all":
         return None
     if isinstance(blocks, bool):
@@ -152,6 +159,22 @@ def _block_indices(stage: Any, num_blocks: int) -> list[int] | None:
     raise ValueError(
         f"{where}: blocks={blocks!r} invalid; use 'all', an int (the last N blocks) or a list of indices"
     )
+
+
+def _frozen_indices(frozen: Any, num_blocks: int, where: str) -> set[int]:
+    """``frozen_blocks`` → the frozen block indices: int N = the first N (0..num_blocks-1), or a list."""
+    if isinstance(frozen, int) and not isinstance(frozen, bool):
+        if 0 <= frozen < num_blocks:
+            return set(range(frozen))
+        raise ValueError(f"{where}: frozen_blocks={frozen} is out of range; the backbone has {num_blocks} blocks, "
+                         f"freeze 0..{num_blocks - 1} of them (all frozen is a probe or lora stage)")
+    if isinstance(frozen, Sequence) and not isinstance(frozen, str):
+        bad = [b for b in frozen if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < num_blocks]
+        if bad or len(set(frozen)) >= num_blocks:
+            raise ValueError(f"{where}: frozen_blocks={list(frozen)} invalid; give block indices in "
+                             f"0..{num_blocks - 1}, leaving at least one block to train")
+        return set(frozen)
+    raise ValueError(f"{where}: frozen_blocks={frozen!r} invalid; use an int (the first N blocks) or a list")
 
 
 def stage_parameter_names(model: nn.Module, stage: Any) -> dict[str, set[str]]:

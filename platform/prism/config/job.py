@@ -32,6 +32,7 @@ __all__ = [
     "SyntheticDataConfig",
     "TrackingConfig",
     "TrainConfig",
+    "WebDatasetConfig",
     "apply_overrides",
     "dump_config",
     "load_config",
@@ -114,7 +115,12 @@ class StageConfig(StrictModel):
         default=None, description="lora / unfreeze stages: the LoRA sites that train; None = every site."
     )
     blocks: Literal["all"] | int | list[int] = Field(
-        default="all", description="unfreeze only: 'all', the last N blocks, or a list of block indices."
+        default="all", description="unfreeze only: the blocks that train: 'all' (embeddings too), the last N "
+        "blocks, or a list of block indices."
+    )
+    frozen_blocks: int | list[int] | None = Field(
+        default=None, description="unfreeze only, instead of blocks: the blocks that stay frozen, the first N "
+        "or a list of indices; every other block trains, the embeddings stay frozen (0 = every block trains)."
     )
     weight_decay: float = Field(default=0.0, ge=0.0)
 
@@ -138,6 +144,9 @@ class StageConfig(StrictModel):
         missing = sorted(needed - set(self.lr))
         if self.kind == "lora" and not any(k == "lora" or k.startswith("lora.") for k in self.lr):
             missing.append("lora")
+        if self.frozen_blocks is not None and (self.kind != "unfreeze" or self.blocks != "all"):
+            raise ValueError(f"stage '{self.name}' ({self.kind}): frozen_blocks is for unfreeze stages, instead of "
+                             "blocks (give one of them)")
         if missing:
             raise ValueError(f"stage '{self.name}' ({self.kind}) needs lr for {missing}, got {sorted(self.lr)}"
                              + (" (lr.lora covers every LoRA site; lr.lora.<site> one site)" if "lora" in missing else ""))
@@ -147,7 +156,9 @@ class StageConfig(StrictModel):
 class SyntheticDataConfig(StrictModel):
     """Data made by a generator when no dataset is given (demos and tests)."""
 
-    generator: Literal["circles"] = "circles"
+    generator: Literal["circles", "sketches"] | None = Field(
+        default=None, description="None = the task's generator (multihead: circles, classify: sketches)."
+    )
     n: int = Field(default=600, ge=10)
     size: int = Field(default=128, ge=16)
     seed: int = 0
@@ -177,8 +188,43 @@ class AugmentConfig(StrictModel):
         return self
 
 
+class WebDatasetConfig(StrictModel):
+    """WebDataset tar shards (``data.source: webdataset``), read by ``ray.data.read_webdataset``.
+
+    A sample is ``<key>.<image ext>`` + its label member (``<key>.cls``: the class index in the task's class
+    list, or ``<key>.txt``: the class name), as ``prism data shards`` / ``prism data quickdraw`` write them.
+    """
+
+    train: list[str] = Field(
+        default_factory=list, description="Training shards: paths, brace patterns (train-{000000..000127}.tar) "
+        "or URIs (s3://bucket/train-{000000..000127}.tar); a string is one pattern.",
+    )
+    val: list[str] | None = Field(
+        default=None, description="Validation shards; None = data.val_fraction of the training samples, chosen "
+        "by a hash of each sample's shard name and key (the same split on every run and worker).",
+    )
+    label: Literal["cls", "txt"] = Field(
+        default="cls", description="The label member: cls = class index, txt = class name.")
+    image: list[str] = Field(
+        default_factory=lambda: ["jpg", "jpeg", "png", "webp"], min_length=1,
+        description="Image member extensions, the first one a sample has is used.",
+    )
+    shuffle_shards: bool = Field(default=True, description="Shuffle the training shards' order each epoch.")
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _one_pattern(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 class DataConfig(StrictModel):
     """Where images and labels come from and how they are split and fed."""
+
+    source: Literal["csv", "webdataset"] = Field(
+        default="csv", description="csv: an image folder + labels CSV (data.root / data.labels); webdataset: "
+        "tar shards (data.webdataset).",
+    )
+    webdataset: WebDatasetConfig = Field(default_factory=WebDatasetConfig)
 
     root: Path | None = Field(
         default=None,
@@ -301,6 +347,14 @@ class JobConfig(StrictModel):
             raise ValueError(f"task '{self.task.name}' trains: give stages (e.g. a probe stage)")
         if not trains and self.stages:
             raise ValueError(f"task '{self.task.name}' does not train; set stages: []")
+        sources = type(self.task).data_sources
+        if self.data.source not in sources:
+            raise ValueError(f"data.source: task '{self.task.name}' reads {' or '.join(sources)}, not "
+                             f"'{self.data.source}'")
+        if self.data.source == "webdataset" and not self.data.webdataset.train:
+            raise ValueError("data.webdataset.train: give the training shards (data.source is webdataset)")
+        if self.data.synthetic.generator is None:
+            self.data.synthetic.generator = type(self.task).synthetic_generator
         if self.train.metric is None:
             self.train.metric = type(self.task).default_metric
         if self.train.mode is None:

@@ -7,6 +7,7 @@ to the Train workers, which receive ``{"image": uint8 (B, S, S, 3), "y_<head>": 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -50,12 +51,32 @@ class TrainData:
 
     train: ray.data.Dataset
     val: ray.data.Dataset
-    n_train: int
-    n_val: int
+    n_train: int | None
+    """Rows of each split; None for streamed shards, which are not counted before training."""
+    n_val: int | None
     skipped: pd.DataFrame
-    labels_csv: Path
+    """Rows (or shards) dropped before training, with columns ``image`` and ``reason`` at least."""
+    labels_csv: Path | None
     val_fingerprint: str | None = None
     """:func:`split_fingerprint` of the val split: what ``register_bundle(val_fingerprint=...)`` records."""
+    source: str | None = None
+    """Where the data comes from, one line (default: the labels CSV)."""
+    ledger: object | None = None
+    """An actor recording samples dropped while streaming (``table()`` → rows of shard, key, reason)."""
+
+    def describe(self) -> str:
+        """``96 train / 24 val images from …/labels.csv`` or the streamed source's line."""
+        if self.source is not None:
+            return self.source
+        return f"{self.n_train} train / {self.n_val} val images from {self.labels_csv}"
+
+    def skipped_while_streaming(self) -> pd.DataFrame:
+        """Samples the decode tasks dropped (``data.on_bad_rows: skip``), read from the ledger after training."""
+        if self.ledger is None:
+            return pd.DataFrame(columns=["shard", "key", "reason"])
+        import ray
+
+        return pd.DataFrame(ray.get(self.ledger.table.remote()), columns=["shard", "key", "reason"])
 
 
 @dataclass
@@ -92,10 +113,12 @@ def resolve_labels_csv(cfg: JobConfig) -> Path:
     from prism.data.synth import SYNTH_GENERATORS
 
     s = cfg.data.synthetic
-    out = (Path(s.cache_dir) / f"{s.generator}-n{s.n}-s{s.size}-seed{s.seed}").resolve()
+    options = cfg.task.synthetic_options()
+    tag = f"-{hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]}" if options else ""
+    out = (Path(s.cache_dir) / f"{s.generator}-n{s.n}-s{s.size}-seed{s.seed}{tag}").resolve()
     if not (out / "labels.csv").is_file():
         log.info("no data.root: generating %d synthetic '%s' images in %s", s.n, s.generator, out)
-        SYNTH_GENERATORS[s.generator](out, n=s.n, size=s.size, seed=s.seed)
+        SYNTH_GENERATORS[s.generator](out, n=s.n, size=s.size, seed=s.seed, **options)
     return out / "labels.csv"
 
 
@@ -187,7 +210,12 @@ def _check_images(table: LabelTable, on_bad_rows: str, source: str, use_ray: boo
 
 
 def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
-    """Validate the labels and images, split, and build the lazy train/val Ray datasets."""
+    """Validate the labels and images, split, and build the lazy train/val Ray datasets (``data.source:
+    webdataset``: :func:`prism.data.webdataset.build_webdataset`)."""
+    if cfg.data.source == "webdataset":
+        from prism.data.webdataset import build_webdataset
+
+        return build_webdataset(cfg, task, img_size)
     import ray.data
     from ray.data.expressions import random
 

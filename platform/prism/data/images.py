@@ -206,10 +206,10 @@ class DecodeImages:
         seeds = batch.get(AUG_SEED_COLUMN)
         images = np.empty((len(paths), self.size, self.size, 3), dtype=np.uint8)
         for i, p in enumerate(paths):
-            img = self.decode(str(p))
-            if self.augment is None:
-                images[i] = resize_rgb(img, self.size)
-            else:
-                images[i] = self._augment(img, None if seeds is None else float(seeds[i]))
+            images[i] = self.transform(self.decode(str(p)), None if seeds is None else float(seeds[i]))
         out["image"] = images
         return out
+
+    def transform(self, img: Image.Image, seed: float | None = None) -> np.ndarray:
+        """A decoded image → ``uint8 (size, size, 3)``: resized (eval) or augmented (train, by ``seed``)."""
+        return resize_rgb(img, self.size) if self.augment is None else self._augment(img, seed)

@@ -113,6 +113,18 @@ def _read_checkpoint_json(checkpoint, name: str) -> dict:
         return json.loads((Path(d) / name).read_text())
 
 
+def _log_streamed_skips(data) -> None:
+    """Samples dropped while streaming shards (``on_bad_rows: skip``): ``data/skipped_samples`` (metric) and
+    ``data/skipped_samples.csv`` (shard, key, reason)."""
+    if data.ledger is None:
+        return
+    table = data.skipped_while_streaming()
+    mlflow.log_metric("data/skipped_samples", len(table))
+    if len(table):
+        mlflow.log_text(table.to_csv(index=False), "data/skipped_samples.csv")
+        print(f"[prism] {len(table)} bad sample(s) skipped while streaming, see data/skipped_samples.csv", flush=True)
+
+
 def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: str | None = None,
                  register: bool = True, extra_callbacks: list | None = None, run_name: str | None = None,
                  run_tags: dict[str, str] | None = None, data: TrainData | None = None) -> TrainOutcome:
@@ -163,14 +175,14 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
             data = task.build_datasets(cfg.backbone.img_size)  # validates the table before starting Ray
         ensure_ray()
         mlflow.log_params({"data.n_train": data.n_train, "data.n_val": data.n_val,
-                           "data.labels_csv": str(data.labels_csv)})
+                           "data.labels_csv": str(data.labels_csv), "data.summary": data.describe()})
         mlflow.log_metric("data/skipped_rows", len(data.skipped))
         if len(data.skipped):
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / "skipped_rows.csv"
                 data.skipped.to_csv(p, index=False)
                 mlflow.log_artifact(str(p), artifact_path="data")
-        print(f"[prism] data: {data.n_train} train / {data.n_val} val images from {data.labels_csv}"
+        print(f"[prism] data: {data.describe()}"
               + (f" ({len(data.skipped)} bad rows skipped, see data/skipped_rows.csv)" if len(data.skipped) else ""),
               flush=True)
 
@@ -180,6 +192,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
                                 resume_from=None if cfg.train.resume_from is None else str(cfg.train.resume_from),
                                 val_fingerprint=data.val_fingerprint)
         result = trainer.fit()
+        _log_streamed_skips(data)
         best = result.get_best_checkpoint(metric=cfg.train.metric, mode=cfg.train.mode)
         if best is None:
             raise RuntimeError("training finished without a checkpoint; see the worker logs above")
@@ -188,9 +201,12 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
         history = _read_checkpoint_json(latest, "state.json")["history"]
         best_value = float(best_info["metrics"][cfg.train.metric])
         mlflow.log_metric(f"best/{cfg.train.metric}", best_value)
-        log_history_plots(history, [cfg.train.metric, "val/accuracy", "val/macro_f1"])
-        for path, fig in task.figures(best_info.get("stats", {})).items():
+        log_history_plots(history, [cfg.train.metric, *type(cfg.task).summary_metrics])
+        stats = best_info.get("stats", {})
+        for path, fig in task.figures(stats).items():
             log_figure(fig, path)
+        for path, table in task.tables(stats).items():
+            mlflow.log_text(table.to_csv(index=False), path)
 
         outcome = TrainOutcome(run_id, best_value, cfg.train.metric, Path(best.path), history)
         if register and cfg.tracking.model_name:

@@ -218,9 +218,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _epoch_line(cfg: JobConfig, stage: str, m: dict[str, float], stopped: bool) -> str:
-    keys = ["train/loss", "val/loss", "val/accuracy", "val/macro_f1"]
-    if cfg.train.metric not in keys:
-        keys.append(cfg.train.metric)
+    keys = list(dict.fromkeys(["train/loss", "val/loss", *type(cfg.task).summary_metrics, cfg.train.metric]))
     shown = "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
     tail = "  (early stop: next stage)" if stopped else ""
     return (f"[prism] epoch {int(m['epoch']):3d}/{cfg.total_epochs} [{stage}]  {shown}  "

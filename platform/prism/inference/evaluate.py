@@ -67,7 +67,7 @@ class EvalReport:
         return f"all rows: {where}"
 
     def save(self, out_dir: Path, task) -> list[Path]:
-        """``metrics.json`` and the task's figures (PNG) in ``out_dir``."""
+        """``metrics.json``, the task's figures (PNG) and tables (CSV) in ``out_dir``."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [out_dir / "metrics.json"]
         written[0].write_text(json.dumps({"n_images": self.n_images, "skipped": self.skipped,
@@ -77,6 +77,11 @@ class EvalReport:
             path = out_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path)
+            written.append(path)
+        for rel, table in task.tables(self.stats).items():
+            path = out_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, index=False)
             written.append(path)
         return written
 

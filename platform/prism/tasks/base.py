@@ -98,6 +98,11 @@ class Task(ABC):
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
 
+    @property
+    def img_size(self) -> int:
+        """The side images are resized to (``backbone.img_size``, default 224)."""
+        return int(self.cfg.backbone.img_size or 224)
+
     # -- examples (the contract test, demos) ----------------------------------------------------------
     @classmethod
     @abstractmethod
@@ -180,6 +185,11 @@ class Task(ABC):
 
     def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
         """Figures (artifact path → matplotlib Figure) from :meth:`MetricAccumulator.export` output."""
+        return {}
+
+    def tables(self, stats: dict[str, Any]) -> dict[str, pd.DataFrame]:
+        """Tables (artifact path → DataFrame, written as CSV) from :meth:`MetricAccumulator.export` output,
+        e.g. per-class accuracy."""
         return {}
 
     def parse_options(self, options: PredictOptions | dict[str, Any] | None) -> PredictOptions:

@@ -7,7 +7,7 @@ trains at all (a task that only extracts features runs with ``stages: []``).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from prism.config.schema import StrictModel
 
@@ -23,3 +23,15 @@ class TaskConfig(StrictModel):
     default_mode: ClassVar[Literal["max", "min"]] = "min"
     trains: ClassVar[bool] = True
     """False for a task that runs no training (``stages`` must then be empty)."""
+    summary_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics shown on each epoch's console line and plotted as curves, besides the losses and
+    ``train.metric``."""
+    data_sources: ClassVar[tuple[str, ...]] = ("csv",)
+    """The ``data.source`` kinds the task reads."""
+    synthetic_generator: ClassVar[str] = "circles"
+    """The synthetic data generator (``prism.data.synth``) a job of this task uses when it names no data."""
+
+    def synthetic_options(self) -> dict[str, Any]:
+        """Keyword arguments for :attr:`synthetic_generator` that make its data fit this config (e.g. the
+        class names); JSON-able, they enter the name of the cached folder."""
+        return {}

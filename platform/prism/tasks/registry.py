@@ -77,3 +77,5 @@ def build_task(cfg: JobConfig) -> Task:
 
 register_task("multihead", config="prism.tasks.multihead.config:MultiHeadTaskConfig",
               task="prism.tasks.multihead.task:MultiHeadTask")
+register_task("classify", config="prism.tasks.classify.config:ClassifyTaskConfig",
+              task="prism.tasks.classify.task:ClassifyTask")

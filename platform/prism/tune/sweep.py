@@ -243,7 +243,7 @@ def run_sweep(job: str | Path, space: str | Path, overrides: list[str] | None = 
     data = None if per_trial else build_task(cfg).build_datasets(cfg.backbone.img_size)
     print(f"[prism] tune {', '.join(sp.keys)} on {metric} ({cfg.train.mode}); datasets "
           + (f"built per trial (the space searches {per_trial})" if per_trial
-             else f"built once: {data.n_train} train / {data.n_val} val images"), flush=True)
+             else f"built once: {data.describe()}"), flush=True)
 
     tags = {"prism.tune": "sweep", "prism.backbone": cfg.backbone.name, "prism.job_file": str(job),
             "prism.tune.space": str(space)}

@@ -60,6 +60,7 @@ class MultiHeadTaskConfig(TaskConfig):
 
     default_metric: ClassVar[str] = "val/macro_f1"
     default_mode: ClassVar[Literal["max", "min"]] = "max"
+    summary_metrics: ClassVar[tuple[str, ...]] = ("val/accuracy", "val/macro_f1")
 
     name: Literal["multihead"] = "multihead"
     heads: list[HeadConfig] = Field(min_length=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from prism.tasks.multihead.labels import encode_labels, unknown_labels
 from prism.tasks.multihead.loss import multihead_loss
 from prism.tasks.multihead.metrics import MultiHeadMetrics
 from prism.tasks.multihead.model import MultiHeadHeads, build_heads
-from prism.tasks.views import apply_view
+from prism.tasks.views import mean_softmax, tta_views, view_outputs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,10 +91,6 @@ class MultiHeadTask(Task):
     def build_heads(self, backbone: Backbone) -> MultiHeadHeads:
         return build_heads(self.tcfg, backbone.embed_dim)
 
-    @property
-    def img_size(self) -> int:
-        return int(self.cfg.backbone.img_size or 224)
-
     # -- data --------------------------------------------------------------------------------------
     def label_columns(self) -> list[str]:
         return [h.name for h in self.tcfg.heads]
@@ -126,7 +121,7 @@ class MultiHeadTask(Task):
         """The views averaged for ``tta``: ``identity`` plus, for True, the configured ``task.tta``
         (what ``prism predict``, ``prism evaluate``, Serve and training's validation use by default),
         for False none, or an explicit list."""
-        return ["identity"] + (list(self.tcfg.tta) if tta is True else list(tta or []))
+        return tta_views(self.tcfg.tta, tta)
 
     def predictions(self, model: nn.Module, inputs: dict[str, torch.Tensor], tta: bool | list[str] = True
                     ) -> dict[str, torch.Tensor]:
@@ -136,13 +131,8 @@ class MultiHeadTask(Task):
         so it stays finite where a probability underflows. Training's validation, ``prism evaluate``,
         ``prism predict`` and Serve all score these.
         """
-        ops = self.tta_views(tta)
-        views: dict[str, list[torch.Tensor]] = {}
-        for op in ops:
-            logits = model({**inputs, "image": apply_view(inputs["image"], op)})
-            for k, z in logits.items():
-                views.setdefault(k, []).append(z.float().log_softmax(dim=-1))
-        return {k: (torch.stack(v).logsumexp(dim=0) - math.log(len(ops))).exp() for k, v in views.items()}
+        views = view_outputs(model, inputs, self.tta_views(tta))
+        return {k: mean_softmax(v) for k, v in views.items()}
 
     def preprocess(self, image: Image.Image, options: PredictOptions) -> tuple[dict[str, np.ndarray], dict]:
         """RGB image → ``{"image": uint8 (S, S, 3)}`` (resized as training resized) and its original size."""
@@ -177,7 +167,7 @@ class MultiHeadTask(Task):
 
     def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
         """Confusion matrices (rows = truth) per head as ``confusion/<head>.png``."""
-        from prism.tasks.multihead.plots import confusion_figure
+        from prism.tasks.figures import confusion_figure
 
         cms = stats.get("confusion", {})
         return {f"confusion/{h.name}.png": confusion_figure(np.asarray(cms[h.name]), h.classes, title=h.name)

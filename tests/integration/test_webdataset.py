@@ -1,0 +1,112 @@
+"""``data.source: webdataset`` on a local Ray: shards streamed by ``read_webdataset`` from local paths,
+brace patterns and a local S3-compatible server (moto, started here), a stable split, bad samples."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import boto3
+import pytest
+
+from prism.config import JobConfig
+from prism.data.webdataset import in_val_split
+from prism.tasks import build_task
+from tests.helpers.ray_procs import free_port
+from tests.helpers.shards import CLASSES, members, rewrite, sketch_shards
+
+pytestmark = pytest.mark.ray
+
+
+def job(train, val=None, **data) -> JobConfig:
+    return JobConfig.model_validate({
+        "task": {"name": "classify", "classes": CLASSES}, "backbone": {"name": "dinov2_tiny", "img_size": 28},
+        "stages": [{"kind": "probe", "epochs": 1, "lr": {"head": 1e-3}}],
+        "data": {"source": "webdataset", "webdataset": {"train": train, "val": val}, "val_fraction": 0.25, **data}})
+
+
+def labels(ds) -> Counter:
+    return Counter(int(y) for y in ds.to_pandas()["y_label"])
+
+
+def expected(shards, fraction: float) -> tuple[Counter, Counter]:
+    """Label counts of the train and val sides, read from the tars with the standard library."""
+    train, val = Counter(), Counter()
+    for shard in shards:
+        for key, m in members(shard).items():
+            (val if in_val_split(str(shard), key, fraction) else train)[int(m["cls"])] += 1
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return sketch_shards(tmp_path_factory.mktemp("wds"), n=60, per_shard=16)
+
+
+def test_brace_pattern_streams_every_sample_once_with_a_stable_split(ray_local, shards):
+    cfg = job(shards.pattern)
+    data = build_task(cfg).build_datasets(28)
+    assert data.n_train is None and "4 training shard(s)" in data.describe()
+    want_train, want_val = expected(shards.shards, 0.25)
+    assert labels(data.train) == want_train and labels(data.val) == want_val
+    assert sum(want_train.values()) + sum(want_val.values()) == 60 and sum(want_val.values()) > 5
+    batch = data.train.take_batch(8)
+    assert batch["image"].shape == (8, 28, 28, 3) and batch["image"].dtype.name == "uint8"
+    assert set(batch) == {"image", "y_label"}
+    assert build_task(cfg).build_datasets(28).val_fingerprint == data.val_fingerprint  # same split, same print
+
+
+def test_separate_validation_shards(ray_local, shards, tmp_path):
+    val = sketch_shards(tmp_path, n=12, per_shard=12, prefix="val", seed=1)
+    data = build_task(job([str(p) for p in shards.shards], val.pattern)).build_datasets(28)
+    assert sum(labels(data.val).values()) == 12 and sum(labels(data.train).values()) == 60
+
+
+def test_bad_samples_name_shard_and_key_or_are_skipped_and_counted(ray_local, tmp_path):
+    bad = sketch_shards(tmp_path, n=20, per_shard=10)
+    key = next(iter(members(bad.shards[1])))
+    rewrite(bad.shards[1], {key: {"png": b"\x89PNG broken"}})
+    with pytest.raises(Exception, match=rf"train-000001\.tar: sample '{key}': undecodable image"):
+        build_task(job(bad.pattern)).build_datasets(28).train.materialize()
+    data = build_task(job(bad.pattern, on_bad_rows="skip")).build_datasets(28)
+    n = sum(labels(data.train).values()) + sum(labels(data.val).values())
+    assert n == 19
+    table = data.skipped_while_streaming()
+    assert table[["key", "reason"]].values.tolist() == [[key, table["reason"][0]]]
+    assert table["shard"][0].endswith("train-000001.tar") and "undecodable image" in table["reason"][0]
+
+
+def test_shards_on_a_local_s3_server(ray_local, shards, monkeypatch):
+    """The shards in a bucket of moto's S3 server; the read runs under the runtime env a job would get
+    (``ray job submit --runtime-env-json '{"env_vars": {"AWS_ENDPOINT_URL": …}}'``)."""
+    import ray
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "prism-test",
+           "AWS_SECRET_ACCESS_KEY": "prism-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="prism-test", aws_secret_access_key="prism-test")
+        s3.create_bucket(Bucket="prism-shards")
+        for p in shards.shards:
+            s3.upload_file(str(p), "prism-shards", f"sketches/{p.name}")
+        pattern = "s3://prism-shards/sketches/train-{000000..000003}.tar"
+
+        @ray.remote(num_cpus=0, runtime_env={"env_vars": env})
+        def read(pattern: str) -> tuple[dict, dict]:
+            data = build_task(job(pattern)).build_datasets(28)
+            return dict(labels(data.train)), dict(labels(data.val))
+
+        train, val = ray.get(read.remote(pattern))
+        want_train, want_val = expected(shards.shards, 0.25)
+        assert Counter(train) == want_train and Counter(val) == want_val  # same split as on local disk
+
+        for k, v in env.items():  # the driver's own check of the shards, in the driver's environment
+            monkeypatch.setenv(k, v)
+        with pytest.raises(FileNotFoundError, match=r"6 of 10 shard\(s\) not found:\n  s3://prism-shards/"):
+            build_task(job("s3://prism-shards/sketches/train-{000000..000009}.tar")).build_datasets(28)
+    finally:
+        server.stop()
+
