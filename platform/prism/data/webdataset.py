@@ -73,23 +73,13 @@ def check_shards(shards: list[str], on_bad_rows: str = "error") -> ShardCheck:
     """Each shard exists and holds at least one member: its size, and its first 512-byte tar header is not
     the end-of-archive zero block. Missing shards always raise; empty ones raise or, with ``skip``, are left
     out. Returns the readable shards as Ray Data reads them (local paths absolute)."""
-    import pyarrow.fs as pafs
+    from concurrent.futures import ThreadPoolExecutor
 
-    missing, empty, kept = [], [], []
-    for shard in shards:
-        fs, inner = open_filesystem(shard)
-        info = fs.get_file_info(inner)
-        if info.type != pafs.FileType.File:
-            missing.append(shard)
-            continue
-        head = b""
-        if info.size:
-            with fs.open_input_stream(inner) as f:
-                head = f.read(TAR_BLOCK)
-        if not head.strip(b"\0"):
-            empty.append(shard)
-            continue
-        kept.append(shard if "://" in shard else inner)
+    with ThreadPoolExecutor(max_workers=16) as pool:  # object stores: one round trip or two per shard
+        states = list(pool.map(_shard_state, shards))
+    missing = [s for s, (state, _) in zip(shards, states, strict=True) if state == "missing"]
+    empty = [s for s, (state, _) in zip(shards, states, strict=True) if state == "empty"]
+    kept = [path for state, path in states if state == "ok"]
     if missing:
         listed = "\n".join(f"  {s}" for s in missing[:MAX_LISTED])
         raise FileNotFoundError(f"{len(missing)} of {len(shards)} shard(s) not found:\n{listed}")
@@ -101,6 +91,21 @@ def check_shards(shards: list[str], on_bad_rows: str = "error") -> ShardCheck:
     if not kept:
         raise BadRowsError(f"no readable shard among {len(shards)}")
     return ShardCheck(kept, pd.DataFrame({"shard": empty, "reason": ["empty shard"] * len(empty)}))
+
+
+def _shard_state(shard: str) -> tuple[str, str]:
+    """``("ok" | "missing" | "empty", the path Ray Data reads)`` of one shard."""
+    import pyarrow.fs as pafs
+
+    fs, inner = open_filesystem(shard)
+    info = fs.get_file_info(inner)
+    if info.type != pafs.FileType.File:
+        return "missing", shard
+    head = b""
+    if info.size:
+        with fs.open_input_stream(inner) as f:
+            head = f.read(TAR_BLOCK)
+    return ("ok" if head.strip(b"\0") else "empty"), (shard if "://" in shard else inner)
 
 
 def in_val_split(shard: str, key: str, fraction: float) -> bool:
