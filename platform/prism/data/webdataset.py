@@ -181,8 +181,10 @@ class DecodeShardSamples(DecodeImages):
             listed = "\n".join(f"  {b['shard']}: sample {b['key']!r}: {b['reason']}" for b in bad[:MAX_LISTED])
             raise BadRowsError(f"{len(bad)} bad sample(s):\n{listed}\nFix the shards, or set "
                                "data.on_bad_rows=skip to drop such samples (they are counted and logged).")
-        if bad and self.ledger is not None:
-            self.ledger.add.remote(bad)
+        if bad and self.ledger is not None:  # recorded before the batch is handed on: no race with table()
+            import ray
+
+            ray.get(self.ledger.add.remote(bad))
         # every row comes out (an empty batch would lose the tensor type); KEEP marks those to keep
         return {"image": images, "y_label": targets, KEEP: keep}
 
