@@ -1,6 +1,6 @@
 """Every registered task passes the task contract (``prism.tasks.base``) end to end, by being registered.
 
-For each task, on its example job (a tiny backbone): engine-built model → a Ray Data batch through the
+For each task, on its example job (a tiny backbone): engine-built model → a numpy batch through the
 task's collate class → loss → backward → metrics merged from two workers' states → predictions →
 postprocess → bundle written and loaded back → identical predictions → the Serve path (options, prepare,
 batch) gives what the predictor gives, and the OpenAPI spec documents the task's options.
@@ -27,12 +27,11 @@ from prism.inference.predictor import Predictor
 from prism.tasks import list_tasks, task_class
 from prism.tasks.outputs import encode_result
 
-pytestmark = pytest.mark.ray
 N = 6
 
 
 @pytest.fixture(scope="module", params=list_tasks())
-def case(request, ray_session):
+def case(request):
     """(task, model, numpy batch) of one registered task's example job, model in its first stage."""
     cfg = JobConfig.model_validate(task_class(request.param).example_job())
     task = task_class(request.param)(cfg)
@@ -41,13 +40,13 @@ def case(request, ray_session):
     return task, model, task.example_batch(N, seed=0)
 
 
-def ray_batches(task, batch: dict[str, np.ndarray], batch_size: int):
-    """``batch`` as a Ray dataset, read back through the task's collate class as the train loop reads it."""
-    import ray.data
-
-    rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["image"]))]
-    ds = ray.data.from_items(rows)
-    return list(ds.iter_torch_batches(batch_size=batch_size, collate_fn=task.collate_fn(), device="cpu"))
+def batches(task, batch: dict[str, np.ndarray], batch_size: int):
+    """``batch`` in numpy batches of ``batch_size`` rows through the task's collate class, as
+    ``iter_torch_batches(collate_fn=...)`` hands them to the train loop (that Ray passes list-of-dict
+    targets through untouched is tests/integration/test_ragged_targets.py's check)."""
+    collate = task.collate_fn()
+    n = len(batch["image"])
+    return [collate({k: v[i:i + batch_size] for k, v in batch.items()}) for i in range(0, n, batch_size)]
 
 
 def device_inputs(model, inputs):
@@ -58,7 +57,7 @@ def test_collate_loss_backward(case):
     task, model, batch = case
     if not task.cfg.stages:
         pytest.skip(f"task '{task.name}' does not train")
-    (inputs, targets), = ray_batches(task, batch, batch_size=N)
+    (inputs, targets), = batches(task, batch, batch_size=N)
     assert inputs["image"].dtype == torch.uint8 and tuple(inputs["image"].shape[:1]) == (N,)
     groups = apply_stage(model, task.cfg.stages[-1])
     model.train()
@@ -75,7 +74,7 @@ def test_metrics_merge_across_workers(case):
     """Two workers' accumulators merged (state/merge) give the metrics of one pass over both halves."""
     task, model, batch = case
     whole, halves = task.metrics(), [task.metrics(), task.metrics()]
-    for i, (inputs, targets) in enumerate(ray_batches(task, batch, batch_size=N // 2)):
+    for i, (inputs, targets) in enumerate(batches(task, batch, batch_size=N // 2)):
         preds = predict_batch(task, model, device_inputs(model, inputs), tta=True)
         whole.update(preds, targets)
         halves[i % 2].update(preds, targets)
@@ -90,7 +89,7 @@ def test_metrics_merge_across_workers(case):
 
 def test_predictions_postprocess_to_json(case):
     task, model, batch = case
-    (inputs, _), = ray_batches(task, batch, batch_size=N)
+    (inputs, _), = batches(task, batch, batch_size=N)
     preds = predict_batch(task, model, device_inputs(model, inputs), tta=True)
     rows = unbatch(preds, N)
     options = task.parse_options(None)
@@ -110,7 +109,7 @@ def test_bundle_round_trip_predicts_the_same(case, tmp_path):
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     write_bundle(tmp_path, task.cfg, task, model, names)
     _, task2, model2 = load_bundle(tmp_path)
-    (inputs, _), = ray_batches(task, batch, batch_size=N)
+    (inputs, _), = batches(task, batch, batch_size=N)
     x = device_inputs(model, inputs)
     a, b = predict_batch(task, model.eval(), x), predict_batch(task2, model2, x)
     for k in a:

@@ -1,14 +1,12 @@
 """Typed configuration: the job spec (a union of task configs by ``task.name``), overrides, and the
 strict base model whose errors name the key. Importing this package imports no torch."""
 
+from prism.config.data import AugmentConfig, DataConfig, SyntheticDataConfig, WebDatasetConfig
 from prism.config.job import (
-    AugmentConfig,
     BackboneConfig,
-    DataConfig,
     JobConfig,
     LoraSettings,
     StageConfig,
-    SyntheticDataConfig,
     TrackingConfig,
     TrainConfig,
     apply_overrides,
@@ -29,6 +27,7 @@ __all__ = [
     "SyntheticDataConfig",
     "TrackingConfig",
     "TrainConfig",
+    "WebDatasetConfig",
     "apply_overrides",
     "dump_config",
     "load_config",

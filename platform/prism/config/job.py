@@ -16,23 +16,20 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from prism.config.data import DataConfig
 from prism.config.schema import ConfigError, StrictModel, format_validation_error
 from prism.tasks.registry import list_tasks, task_config_classes, unknown_task_message
 
 __all__ = [
-    "AugmentConfig",
     "BackboneConfig",
     "ConfigError",
-    "DataConfig",
     "JobConfig",
     "LoraSettings",
     "LoraSiteSettings",
     "TaskConfigUnion",
     "StageConfig",
-    "SyntheticDataConfig",
     "TrackingConfig",
     "TrainConfig",
-    "WebDatasetConfig",
     "apply_overrides",
     "dump_config",
     "load_config",
@@ -151,116 +148,6 @@ class StageConfig(StrictModel):
             raise ValueError(f"stage '{self.name}' ({self.kind}) needs lr for {missing}, got {sorted(self.lr)}"
                              + (" (lr.lora covers every LoRA site; lr.lora.<site> one site)" if "lora" in missing else ""))
         return self
-
-
-class SyntheticDataConfig(StrictModel):
-    """Data made by a generator when no dataset is given (demos and tests)."""
-
-    generator: Literal["circles", "sketches"] | None = Field(
-        default=None, description="None = the task's generator (multihead: circles, classify: sketches)."
-    )
-    n: int = Field(default=600, ge=10)
-    size: int = Field(default=128, ge=16)
-    seed: int = 0
-    cache_dir: Path = Field(default=Path("prism_data"), description="Where generated data is written.")
-
-
-class AugmentConfig(StrictModel):
-    """Training augmentation, applied on CPU in Ray Data ``map_batches``."""
-
-    hflip: bool = True
-    vflip: bool = False
-    rot90: bool = Field(default=False, description="Random multiples of 90 degrees.")
-    crop_scale: tuple[float, float] = Field(default=(0.8, 1.0), description="Random resized crop area range.")
-    crop_ratio: tuple[float, float] = Field(
-        default=(3 / 4, 4 / 3), description="Random resized crop aspect-ratio range; [1, 1] keeps shapes "
-        "undistorted (needed where a label is a shape's proportions, e.g. circular vs elliptical).",
-    )
-    brightness: float = Field(default=0.1, ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _ranges_ordered(self) -> AugmentConfig:
-        for key, (lo, hi) in (("crop_scale", self.crop_scale), ("crop_ratio", self.crop_ratio)):
-            if not 0 < lo <= hi:
-                raise ValueError(f"{key} must be [low, high] with 0 < low <= high, got {[lo, hi]}")
-        if self.crop_scale[1] > 1:
-            raise ValueError(f"crop_scale is a fraction of the image area, at most 1; got {list(self.crop_scale)}")
-        return self
-
-
-class WebDatasetConfig(StrictModel):
-    """WebDataset tar shards (``data.source: webdataset``), read by ``ray.data.read_webdataset``.
-
-    A sample is ``<key>.<image ext>`` + its label member (``<key>.cls``: the class index in the task's class
-    list, or ``<key>.txt``: the class name), as ``prism data shards`` / ``prism data quickdraw`` write them.
-    """
-
-    train: list[str] = Field(
-        default_factory=list, description="Training shards: paths, brace patterns (train-{000000..000127}.tar) "
-        "or URIs (s3://bucket/train-{000000..000127}.tar); a string is one pattern.",
-    )
-    val: list[str] | None = Field(
-        default=None, description="Validation shards; None = data.val_fraction of the training samples, chosen "
-        "by a hash of each sample's shard name and key (the same split on every run and worker).",
-    )
-    label: Literal["cls", "txt"] = Field(
-        default="cls", description="The label member: cls = class index, txt = class name.")
-    image: list[str] = Field(
-        default_factory=lambda: ["jpg", "jpeg", "png", "webp"], min_length=1,
-        description="Image member extensions, the first one a sample has is used.",
-    )
-    shuffle_shards: bool = Field(default=True, description="Shuffle the training shards' order each epoch.")
-
-    @field_validator("train", "val", mode="before")
-    @classmethod
-    def _one_pattern(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-
-class DataConfig(StrictModel):
-    """Where images and labels come from and how they are split and fed."""
-
-    source: Literal["csv", "webdataset"] = Field(
-        default="csv", description="csv: an image folder + labels CSV (data.root / data.labels); webdataset: "
-        "tar shards (data.webdataset).",
-    )
-    webdataset: WebDatasetConfig = Field(default_factory=WebDatasetConfig)
-
-    root: Path | None = Field(
-        default=None,
-        description="Image folder: relative image paths in the labels CSV are resolved against it (absolute "
-        "ones are used as they are); None = against the CSV's folder. root and labels both None = synthetic data.",
-    )
-    labels: Path | None = Field(
-        default=None,
-        description="Labels CSV, may live outside root; default <root>/labels.csv. Its relative image paths "
-        "are under root when root is set, else under the CSV's own folder.",
-    )
-    image_column: str = "image"
-    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
-    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    split_seed: int = 0
-    on_bad_rows: Literal["error", "skip"] = Field(
-        default="error", description="error: stop naming the file/row; skip: drop, count and log."
-    )
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    batch_size: int = Field(default=32, ge=1, description="Per-worker batch size.")
-    shuffle_buffer: int = Field(default=256, ge=0, description="Local shuffle buffer in rows; 0 = off.")
-    map_batch_size: int = Field(default=64, ge=1, description="Rows per Ray Data decode task batch.")
-    deterministic: bool = Field(
-        default=True, description="Ray Data keeps the block order (preserve_order), so with train.seed an "
-        "epoch sees the same rows in the same order each run; false trades that for a little throughput.",
-    )
-    progress_bars: bool = Field(default=False, description="Ray Data's per-operator progress bars.")
-    check_images: bool = Field(
-        default=True, description="Decode every image once before training so bad files fail early (not "
-        "for synthetic data, which the generator has just written)."
-    )
-
-    def labels_path(self) -> Path | None:
-        if self.labels is not None:
-            return self.labels
-        return None if self.root is None else self.root / "labels.csv"
 
 
 class TrainConfig(StrictModel):
