@@ -14,7 +14,7 @@ from torch import nn
 from prism.adapters import add_lora
 from prism.backbones import create_backbone
 
-TIMM = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny"]
+TIMM = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "dinov3_tiny"]
 ALL = [*TIMM, "clip_tiny"]
 FAMILIES = ["dinov2_tiny", "clip_tiny"]  # one per family, for the slower tests
 
@@ -22,6 +22,8 @@ FAMILIES = ["dinov2_tiny", "clip_tiny"]  # one per family, for the slower tests
 LORA_SUFFIXES = {
     ("timm_vit", "attn"): ["attn.qkv", "attn.proj"],
     ("timm_vit", "mlp"): ["mlp.fc1", "mlp.fc2"],
+    ("timm_eva", "attn"): ["attn.qkv", "attn.proj"],
+    ("timm_eva", "mlp"): ["mlp.fc1", "mlp.fc2"],  # SwiGLU blocks (dinov3_tiny_plus): tested on their own
     ("open_clip", "attn"): ["attn"],  # LoRA on attn.in_proj_weight (peft ParamWrapper around attn)
     ("open_clip", "mlp"): ["mlp.c_fc", "mlp.c_proj"],
 }

@@ -23,7 +23,7 @@ def expected_lora_names(backbone: nn.Module, kinds: tuple[str, ...], blocks: lis
 def test_target_table_errors_list_valid_names():
     backbone = create("dinov2_tiny")
     assert valid_target_kinds("timm_vit") == valid_target_kinds("open_clip") == ["attn", "mlp"]
-    with pytest.raises(ValueError, match="valid families: open_clip, timm_vit"):
+    with pytest.raises(ValueError, match="valid families: open_clip, timm_eva, timm_vit"):
         valid_target_kinds("sam")
     with pytest.raises(ValueError, match="valid kinds: attn, mlp"):
         add_lora(backbone, targets=("attn", "qkv"))

@@ -16,7 +16,7 @@ from torch import nn
 from prism.adapters import add_lora
 from prism.backbones import Backbone, create_backbone
 
-TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "dinov2_tiny_conv", "clip_tiny"]
+TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "dinov2_tiny_conv", "dinov3_tiny", "dinov3_tiny_plus", "clip_tiny"]
 TIMM_TINY = [n for n in TINY if n != "clip_tiny"]
 # (layers asked, the block indices they name in a 3-block backbone)
 LAYER_CASES = [
@@ -46,11 +46,11 @@ def _blocks(backbone: Backbone) -> list[nn.Module]:
 
 
 def _prefix_tokens(backbone: Backbone) -> int:
-    return backbone.model.num_prefix_tokens if backbone.family == "timm_vit" else 1
+    return backbone.model.num_prefix_tokens if backbone.family != "open_clip" else 1
 
 
 def _final_norm(backbone: Backbone) -> nn.Module:
-    return backbone.model.norm if backbone.family == "timm_vit" else backbone.model.ln_post
+    return backbone.model.ln_post if backbone.family == "open_clip" else backbone.model.norm
 
 
 def _hooked_forward(backbone: Backbone, x: torch.Tensor, **kwargs) -> tuple[dict, list[torch.Tensor]]:
@@ -69,7 +69,7 @@ def _library_intermediates(
     backbone: Backbone, x: torch.Tensor, indices: tuple[int, ...]
 ) -> list[torch.Tensor]:
     """The library's own forward_intermediates, (B, N, C) per index in ascending order, prefix removed."""
-    if backbone.family == "timm_vit":
+    if backbone.family in ("timm_vit", "timm_eva"):
         return backbone.model.forward_intermediates(
             x, indices=list(indices), norm=False, output_fmt="NLC", intermediates_only=True
         )

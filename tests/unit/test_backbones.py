@@ -19,8 +19,8 @@ from prism.backbones import (
     state_dict_sha256,
 )
 
-TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "clip_tiny"]
-TIMM_TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny"]
+TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "dinov3_tiny", "clip_tiny"]
+TIMM_TINY = ["dinov2_tiny", "dinov2_tiny_reg", "dino_tiny", "dinov3_tiny"]
 EMBEDDING_DIM = {"clip_tiny": 512}  # ViT-B-16's joint width; the timm families have no "embedding"
 # name -> (family, patch, embed_dim, default img_size, num_blocks, block module prefix, embedding params)
 EXPECTED = {
@@ -35,6 +35,7 @@ EXPECTED = {
         {"cls_token", "reg_token", "pos_embed", "patch_embed"},
     ),
     "dino_tiny": ("timm_vit", 16, 48, 64, 3, "model.blocks", {"cls_token", "pos_embed", "patch_embed"}),
+    "dinov3_tiny": ("timm_eva", 16, 48, 64, 3, "model.blocks", {"cls_token", "reg_token", "patch_embed"}),
     "clip_tiny": (
         "open_clip",
         16,

@@ -6,6 +6,8 @@ parameters (wrapped by peft's `lora.ParamWrapper`, i.e. LoRA through `target_par
     family     kind   modules                      parameters
     timm_vit   attn   attn.qkv, attn.proj          -
     timm_vit   mlp    mlp.fc1, mlp.fc2             -
+    timm_eva   attn   attn.qkv, attn.proj          -
+    timm_eva   mlp    mlp.fc1, mlp.fc2, or for SwiGLU blocks (DINOv3 S+ / H+) mlp.fc1_g, mlp.fc1_x, mlp.fc2
     open_clip  attn   -                            attn.in_proj_weight   (q, k and v projections)
     open_clip  mlp    mlp.c_fc, mlp.c_proj         -
 
@@ -17,6 +19,9 @@ of adapted blocks. LoRA on the `out_proj` module alone has no effect at all, bec
 reads `out_proj.weight` without calling its forward. Targeting the `in_proj_weight` parameter keeps the base
 weights exact, trainable and in place, and merges like any other LoRA layer; the cost is that `out_proj`
 is not adapted and that dropout cannot be applied (the update is added to the weight, not to activations).
+
+A kind may list `variants`: alternative module sets for blocks of one family that differ in layout (a
+plain MLP or a SwiGLU one); the first set whose modules all exist in the adapted blocks is used.
 """
 
 from __future__ import annotations
@@ -40,9 +45,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """Suffixes (relative to a block) of the modules and parameters one target kind adapts."""
+    """Suffixes (relative to a block) of the modules and parameters one target kind adapts.
+
+    `variants`, when given, replaces `modules` by alternatives tried in order (see the module docstring).
+    """
 
     modules: tuple[str, ...] = ()
+    variants: tuple[tuple[str, ...], ...] = ()
     parameters: tuple[str, ...] = ()
     supports_dropout: bool = True
 
@@ -51,6 +60,10 @@ LORA_TARGETS: dict[str, dict[str, TargetSpec]] = {
     "timm_vit": {
         "attn": TargetSpec(modules=("attn.qkv", "attn.proj")),
         "mlp": TargetSpec(modules=("mlp.fc1", "mlp.fc2")),
+    },
+    "timm_eva": {
+        "attn": TargetSpec(modules=("attn.qkv", "attn.proj")),
+        "mlp": TargetSpec(variants=(("mlp.fc1", "mlp.fc2"), ("mlp.fc1_g", "mlp.fc1_x", "mlp.fc2"))),
     },
     "open_clip": {
         "attn": TargetSpec(parameters=("attn.in_proj_weight",), supports_dropout=False),
@@ -121,6 +134,15 @@ def _alternation(names: Sequence[str]) -> str:
     return "(?:" + "|".join(re.escape(n) for n in names) + ")"
 
 
+def _module_suffixes(spec: TargetSpec, block_names: Sequence[str], modules: dict[str, nn.Module]) -> tuple[str, ...]:
+    """`spec.modules`, or the first of `spec.variants` present in every adapted block (else the first, so
+    that the missing-target check below names what was expected)."""
+    for variant in spec.variants:
+        if all(f"{b}.{s}" in modules for b in block_names for s in variant):
+            return variant
+    return spec.variants[0] if spec.variants else spec.modules
+
+
 def build_targets(
     backbone: nn.Module, targets: str | Iterable[str] = ("attn",), last_k: int | None = None
 ) -> LoraTargets:
@@ -136,12 +158,12 @@ def build_targets(
     blocks = adapted_blocks(int(backbone.num_blocks), last_k)
     block_names = [backbone.block_names[i] for i in blocks]
     specs = [table[k] for k in kinds]
-    module_suffixes = [s for spec in specs for s in spec.modules]
+    modules = dict(backbone.named_modules())
+    module_suffixes = [s for spec in specs for s in _module_suffixes(spec, block_names, modules)]
     param_suffixes = [s for spec in specs for s in spec.parameters]
 
     module_names = tuple(f"{b}.{s}" for b in block_names for s in module_suffixes)
     parameter_names = tuple(f"{b}.{s}" for b in block_names for s in param_suffixes)
-    modules = dict(backbone.named_modules())
     params = dict(backbone.named_parameters())
     missing = [n for n in module_names if n not in modules] + [n for n in parameter_names if n not in params]
     if missing:

@@ -1,4 +1,4 @@
-"""Vision backbones (DINOv2, DINO, CLIP image towers) behind one contract.
+"""Vision backbones (DINOv2, DINOv3, DINO, CLIP image towers) behind one contract.
 
     backbone = create_backbone("dinov2_vits14", weights="dinov2_vits14.safetensors", img_size=224)
     out = backbone(images)  # images (B, 3, H, W) normalised with backbone.mean / backbone.std
@@ -16,6 +16,7 @@ checkpoint formats `weights=` accepts.
 """
 
 from prism.backbones import clip as _clip  # noqa: F401  (registers the open_clip backbones)
+from prism.backbones import timm_eva as _timm_eva  # noqa: F401  (registers the DINOv3 backbones)
 from prism.backbones import timm_vit as _timm_vit  # noqa: F401  (registers the timm ViT backbones)
 from prism.backbones._registry import create_backbone, list_backbones, register_backbone
 from prism.backbones.base import Backbone, state_dict_sha256

@@ -109,9 +109,15 @@ class TimmViTSpec:
 
 
 def build_timm_vit(
-    spec: TimmViTSpec, *, pretrained: bool, img_size: int | None, **overrides: object
+    spec: TimmViTSpec,
+    *,
+    pretrained: bool,
+    img_size: int | None,
+    wrapper: type[TimmViTBackbone] = TimmViTBackbone,
+    **overrides: object,
 ) -> Backbone:
-    """Build `spec` (random init, or hub weights when `pretrained`); overrides go to `timm.create_model`."""
+    """Build `spec` (random init, or hub weights when `pretrained`) wrapped in `wrapper`; overrides go to
+    `timm.create_model`."""
     kwargs = {**spec.kwargs, **overrides}
     patch_size = int(kwargs.get("patch_size", spec.patch_size))
     img_size = check_img_size(spec.img_size if img_size is None else img_size, patch_size, spec.name)
@@ -143,7 +149,7 @@ def build_timm_vit(
     stride = model.patch_embed.feat_ratio(as_scalar=False) if hasattr(model.patch_embed, "feat_ratio") else \
         model.patch_embed.patch_size
     assert tuple(stride) == (patch_size, patch_size), (stride, patch_size)
-    return TimmViTBackbone(
+    return wrapper(
         model,
         name=spec.name,
         patch_size=patch_size,

@@ -14,6 +14,10 @@ Formats per family, converted by the libraries' own helpers:
              "blocks.C.N." blocks); original DINO keys (timm-compatible). Converted by
              `timm.models.vision_transformer.checkpoint_filter_fn`, which also resamples pos_embed.
              A classifier "head.*" is dropped (the backbone has no head).
+  timm_eva   DINOv3: timm keys (of the `_qkvb` variants, or of the variants without qkv bias, whose bias is
+             then zero); original facebookresearch/dinov3 keys (storage_tokens, ls1.gamma, a qkv.bias
+             split into q / v bias with k's checked to be zero, mlp.w1 / w2 / w3 for SwiGLU, rope
+             periods and masks dropped). Converted by `timm.models.eva.checkpoint_filter_fn`.
   open_clip  a full CLIP state dict ("visual.*" keys, text tower and logit_scale ignored) or a
              visual-only state dict. pos embeddings are resized by `open_clip.model.resize_pos_embed`.
              The image projection "proj" (C, D) is required and loaded with the rest: the backbone
@@ -36,6 +40,7 @@ import torch
 from open_clip.model import resize_pos_embed
 from timm.models import clean_state_dict
 from timm.models import load_state_dict as timm_load_state_dict
+from timm.models.eva import checkpoint_filter_fn as eva_checkpoint_filter_fn
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
@@ -97,6 +102,26 @@ def _timm_vit_state(state: StateDict, model: nn.Module) -> StateDict:
     return checkpoint_filter_fn(state, model)
 
 
+def _timm_eva_state(state: StateDict, model: nn.Module) -> StateDict:
+    """DINOv3 in timm's or the original layout -> keys of the timm Eva `model` (`_qkvb` attention)."""
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    for key, value in state.items():
+        # timm keeps the q and v thirds of an original qkv.bias: k's third must be zero (DINOv3's bias_mask)
+        if key.endswith("attn.qkv.bias") and value.shape[-1] % 3 == 0 and value.chunk(3, dim=-1)[1].any():
+            raise ValueError(
+                f"{key} has a non-zero key bias; DINOv3 attention has none (its bias_mask zeroes it), so these "
+                "weights are not DINOv3's"
+            )
+    converted = eva_checkpoint_filter_fn(state, model)
+    for name, param in model.named_parameters():
+        # checkpoints of timm's variants without qkv bias: their bias is zero
+        if name.endswith(("attn.q_bias", "attn.v_bias")) and name not in converted:
+            qkv = name.rsplit(".", 1)[0] + ".qkv.weight"
+            if qkv in converted and not any(k.endswith(("q_bias", "v_bias", "qkv.bias")) for k in state):
+                converted[name] = torch.zeros_like(param, device="cpu")
+    return converted
+
+
 def _open_clip_state(state: StateDict, visual: nn.Module) -> StateDict:
     """Full CLIP or visual-only open_clip state dict -> keys of the visual tower (proj included)."""
     if any(k.startswith("visual.") for k in state):
@@ -111,6 +136,7 @@ def _open_clip_state(state: StateDict, visual: nn.Module) -> StateDict:
 
 CONVERTERS: dict[str, Callable[[StateDict, nn.Module], StateDict]] = {
     "timm_vit": _timm_vit_state,
+    "timm_eva": _timm_eva_state,
     "open_clip": _open_clip_state,
 }
 
