@@ -17,12 +17,11 @@ import torch
 
 from prism.adapters import apply_stage
 from prism.config import JobConfig
-from prism.data.quickdraw import render_drawing
-from prism.data.synth.sketches import sketch_record
 from prism.engine.inputs import model_inputs
 from prism.engine.model import build_model
 from prism.tasks.classify.task import ClassifyTask
 from prism.tasks.classify.zeroshot import class_prototypes, zero_shot_probs
+from tests.helpers.sketches import drawings
 
 pytestmark = pytest.mark.slow
 
@@ -31,21 +30,10 @@ HELD_OUT = [f"new_{i}" for i in range(6)]
 SIZE, EPOCHS, SHOTS = 32, 8, 5
 
 
-def drawings(classes: list[str], per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, SIZE, SIZE, 3) uint8 renders and (N,) labels (index in ``classes``)."""
-    images, labels = [], []
-    for i in range(per_class):
-        for c, name in enumerate(classes):
-            strokes = [np.array(s, dtype=np.float64).T for s in sketch_record(name, i, seed)["drawing"]]
-            images.append(np.asarray(render_drawing(strokes, SIZE, line_width=1.5)))
-            labels.append(c)
-    return np.stack(images), np.array(labels)
-
-
 def test_prototypes_of_held_out_classes_beat_a_random_head():
-    x_train, y_train = drawings(SEEN, 40, seed=0)
-    x_support, y_support = drawings(HELD_OUT, SHOTS, seed=2)
-    x_query, y_query = drawings(HELD_OUT, 20, seed=3)
+    x_train, y_train = drawings(SEEN, 40, seed=0, size=SIZE)
+    x_support, y_support = drawings(HELD_OUT, SHOTS, seed=2, size=SIZE)
+    x_query, y_query = drawings(HELD_OUT, 20, seed=3, size=SIZE)
     cfg = JobConfig.model_validate({
         "task": {"name": "classify", "classes": SEEN}, "backbone": {"name": "dinov2_tiny_conv", "img_size": SIZE},
         "lora": None, "stages": [{"kind": "unfreeze", "epochs": EPOCHS, "lr": {"head": 2e-3, "backbone": 2e-3}}]})

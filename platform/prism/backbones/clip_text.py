@@ -98,5 +98,4 @@ def create_text_tower(
 def _text_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A full CLIP state dict -> the TextTransformer's keys (the image tower, logit scale / bias dropped)."""
     drop = ("visual.", "logit_scale", "logit_bias", "attn_mask")
-    state = {k.removeprefix("text."): v for k, v in state.items() if not k.startswith(drop)}
-    return {k: v for k, v in state.items() if k != "attn_mask"}
+    return {k.removeprefix("text."): v for k, v in state.items() if not k.startswith(drop)}

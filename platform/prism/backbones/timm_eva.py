@@ -37,14 +37,7 @@ class TimmEvaBackbone(TimmViTBackbone):
     """timm Eva (DINOv3) wrapper; the forward is TimmViTBackbone's (Eva has the same feature API)."""
 
     family = "timm_eva"
-    embedding_names = (
-        "model.cls_token",
-        "model.reg_token",
-        "model.pos_embed",
-        "model.patch_embed",
-        "model.norm_pre",
-        "model.rope",
-    )
+    embedding_names = (*TimmViTBackbone.embedding_names, "model.rope")
 
 
 def _route_qkv_through_its_module(model: torch.nn.Module) -> None:

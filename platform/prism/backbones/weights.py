@@ -113,11 +113,10 @@ def _timm_eva_state(state: StateDict, model: nn.Module) -> StateDict:
                 "weights are not DINOv3's"
             )
     converted = eva_checkpoint_filter_fn(state, model)
-    for name, param in model.named_parameters():
-        # checkpoints of timm's variants without qkv bias: their bias is zero
-        if name.endswith(("attn.q_bias", "attn.v_bias")) and name not in converted:
-            qkv = name.rsplit(".", 1)[0] + ".qkv.weight"
-            if qkv in converted and not any(k.endswith(("q_bias", "v_bias", "qkv.bias")) for k in state):
+    if not any(k.endswith(("q_bias", "v_bias", "qkv.bias")) for k in state):
+        # a checkpoint of timm's variants without qkv bias: their bias is zero
+        for name, param in model.named_parameters():
+            if name.endswith(("attn.q_bias", "attn.v_bias")) and name.rsplit(".", 1)[0] + ".qkv.weight" in converted:
                 converted[name] = torch.zeros_like(param, device="cpu")
     return converted
 
