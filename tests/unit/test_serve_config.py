@@ -176,6 +176,21 @@ def test_read_payload_multipart_and_json():
     assert (p.names, p.images, p.options) == (["n"], [b"xy"], {"tta": True})
 
 
+
+def test_form_class_lists_repeated_comma_separated_or_json():
+    from prism.tasks.classify.task import ClassifyOptions
+
+    parts = [("images", ("a.png", b"1", "image/png")), ("classes", (None, "a cat")), ("classes", (None, "a dog"))]
+    prepared = requests.Request("POST", "http://x/predict", files=parts).prepare()
+    p = asyncio.run(read_payload(request(prepared.body, prepared.headers["Content-Type"]), 4))
+    assert p.options == {"classes": ["a cat", "a dog"]}
+    for raw in (p.options, {"classes": "a cat,a dog"}, {"classes": '["a cat", "a dog"]'}):
+        assert parse_options(ClassifyOptions, {}, raw).classes == ["a cat", "a dog"]
+    with pytest.raises(RequestError, match="not a JSON list"):
+        parse_options(ClassifyOptions, {}, {"classes": '["a cat",'})
+    with pytest.raises(RequestError, match="at least 2"):
+        parse_options(ClassifyOptions, {}, {"classes": "cat"})
+
 @pytest.mark.parametrize(
     ("make", "status", "error", "message"),
     [

@@ -119,6 +119,11 @@ def _cmd_evaluate(args) -> int:
         print("prism: error: --root and --on-bad-rows need --labels (without it the validation split is read "
               "as training read it, by the model config's data.*)", file=sys.stderr)
         return 2
+    if args.zero_shot is not None:
+        return _evaluate_zero_shot(args)
+    if args.shards or args.classes or args.save_bundle:
+        print("prism: error: --shards, --classes and --save-bundle are options of --zero-shot", file=sys.stderr)
+        return 2
     pred = load_predictor(args.model, device=args.device)
     report = evaluate(pred, args.labels, tta=not args.no_tta, batch_size=args.batch_size,
                       on_bad_rows=args.on_bad_rows, image_root=args.root)
@@ -128,6 +133,39 @@ def _cmd_evaluate(args) -> int:
             print(f"{k:40s} {v:.4f}")
     written = report.save(args.out, pred.task)
     print(f"[prism] {report.n_images} images ({report.skipped} skipped); wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def _evaluate_zero_shot(args) -> int:
+    from prism.inference.bundle import rewrite_task_files, stage_bundle
+    from prism.inference.predictor import load_predictor
+    from prism.inference.zeroshot import evaluate_zero_shot, read_held_out_csv, read_held_out_shards
+
+    if args.classes is None or (args.labels is None) == (not args.shards):
+        print("prism: error: --zero-shot needs --classes (the held-out class list) and the held-out images: "
+              "--shards PATTERN or --labels CSV (one of them)", file=sys.stderr)
+        return 2
+    classes = _class_names(args.classes)
+    pred = load_predictor(args.model, device=args.device)
+    if pred.task.name != "classify":
+        raise ConfigError(f"--zero-shot is for classify models; this one is a {pred.task.name!r} model")
+    samples = (read_held_out_shards(args.shards, classes) if args.shards else
+               read_held_out_csv(args.labels, classes, image_root=args.root))
+    report = evaluate_zero_shot(pred, samples, classes, args.zero_shot, shots=args.shots, seed=args.seed,
+                                tta=not args.no_tta, batch_size=args.batch_size)
+    print(f"[prism] {report.describe()}")
+    for k, v in sorted(report.metrics.items()):
+        print(f"{k:40s} {v:.4f}")
+    written = report.save(args.out, pred)
+    print(f"[prism] wrote {', '.join(map(str, written))}")
+    if args.save_bundle is not None:
+        from prism.tracking import resolve_model_uri
+
+        stage_bundle(resolve_model_uri(str(args.model)), args.save_bundle)
+        pred.task.bank = report.bank
+        rewrite_task_files(args.save_bundle, pred.task, pred.model)
+        print(f"[prism] wrote the model with its {len(classes)} zero-shot classes to {args.save_bundle}: predict "
+              "or serve it with the option zero_shot=true")
     return 0
 
 
@@ -261,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("prism_eval"), help="folder for metrics.json and plots")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
                    help="with --labels: stop on bad rows (default) or skip them")
+    z = p.add_argument_group("zero-shot on held-out classes (classify models)")
+    z.add_argument("--zero-shot", choices=["text", "prototypes"], default=None,
+                   help="text: CLIP text embeddings of the class names (CLIP backbones); prototypes: SHOTS support "
+                   "images per class, the rest scored by nearest prototype (any backbone)")
+    z.add_argument("--classes", default=None, help="the held-out classes: a class-list file or comma-separated names")
+    z.add_argument("--shards", action="append", default=[], metavar="PATTERN",
+                   help="held-out WebDataset shards (brace patterns, s3:// …), e.g. from `prism data quickdraw`; "
+                   "or give --labels")
+    z.add_argument("--shots", type=int, default=5, help="prototypes: support images per class (default 5)")
+    z.add_argument("--seed", type=int, default=0, help="prototypes: seed of the support choice")
+    z.add_argument("--save-bundle", type=Path, default=None,
+                   help="also write a copy of the model with these zero-shot classes (prototypes or text "
+                   "embeddings), served with the option zero_shot=true")
     p.set_defaults(fn=_cmd_evaluate)
 
     p = sub.add_parser("data", help="data utilities")

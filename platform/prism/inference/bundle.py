@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from prism.tasks.base import Task
 
 __all__ = ["BUNDLE_FORMAT", "MANIFEST_FILE", "V1_FILES", "WEIGHTS_FILE", "bundle_files", "load_bundle",
-           "read_bundle_config", "read_manifest", "stage_bundle", "write_bundle"]
+           "read_bundle_config", "read_manifest", "rewrite_task_files", "stage_bundle", "write_bundle"]
 
 BUNDLE_FORMAT = 2
 WEIGHTS_FILE = "weights.safetensors"
@@ -187,17 +187,43 @@ def load_bundle(path: Path, device: str | torch.device = "cpu", merge: bool = Fa
             f"(sha256 {got[:12]}… vs {meta['weights_sha256'][:12]}…). Load the same weights "
             f"(backbone.weights={meta.get('weights')}, pretrained={meta.get('pretrained')})."
         )
-    for name, recorded in (manifest.get("components") or {}).items():
-        if name == "backbone":
-            continue
-        now = task.components(model).get(name, {}).get("sha256")
-        if now != recorded.get("sha256"):
-            raise ValueError(f"component {name!r} ({recorded.get('source')}) differs from the one this model was "
-                             f"trained with (sha256 {str(now)[:12]}… vs {str(recorded.get('sha256'))[:12]}…)")
     load_adapted(path / WEIGHTS_FILE, model, strict=True)
     artifacts = {rel.removeprefix(f"{ARTIFACTS_DIR}/"): (path / rel).read_bytes()
                  for rel in (manifest.get("files") or {}) if rel.startswith(f"{ARTIFACTS_DIR}/")}
-    task.load_artifacts(model, artifacts)
+    task.load_artifacts(model, artifacts)  # before the check: which components a task has may depend on them
+    now = task.components(model)
+    for name, recorded in (manifest.get("components") or {}).items():
+        if name == "backbone":
+            continue
+        got = now.get(name, {}).get("sha256")
+        if got != recorded.get("sha256"):
+            raise ValueError(f"component {name!r} ({recorded.get('source')}) differs from the one this model was "
+                             f"trained with (sha256 {str(got)[:12]}… vs {str(recorded.get('sha256'))[:12]}…)")
     if merge:
         merge_lora(model)
     return cfg, task, model.to(device).eval()
+
+
+def rewrite_task_files(path: Path, task: Task, model: nn.Module) -> Path:
+    """Rewrite the task's files of the bundle at ``path`` (``labels.json``, ``artifacts/…``) from ``task`` —
+    e.g. after zero-shot classes were added to it — and its manifest (file hashes, components). The weights,
+    config and backbone record stay as they are. Returns ``path``."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ValueError(f"{path}: a version-1 bundle (no {MANIFEST_FILE}) cannot hold artifacts; retrain or "
+                         "re-export it")
+    bundle_files(path)
+    (path / "labels.json").write_text(json.dumps(task.label_maps(), indent=2))
+    files = [f for f in manifest["files"] if not f.startswith(f"{ARTIFACTS_DIR}/")]
+    shutil.rmtree(path / ARTIFACTS_DIR, ignore_errors=True)
+    for rel, data in sorted(task.artifacts(model).items()):
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise ValueError(f"task artifact name {rel!r} must be a relative path inside the bundle")
+        (path / ARTIFACTS_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / ARTIFACTS_DIR / rel).write_bytes(data)
+        files.append(f"{ARTIFACTS_DIR}/{rel}")
+    manifest["files"] = {f: {"sha256": file_sha256(path / f), "bytes": (path / f).stat().st_size} for f in files}
+    manifest["components"] = {"backbone": manifest["components"]["backbone"], **task.components(model)}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return path

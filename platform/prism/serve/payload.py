@@ -100,11 +100,20 @@ def parse_options(options_class: type[BaseModel], defaults: dict[str, Any], raw:
                            f"{sorted(options_class.model_fields)})") from None
 
 
+def _text_fields(items: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """Form text fields → options; a repeated field is a list (``-F classes=cat -F classes=dog``)."""
+    fields: dict[str, str | list[str]] = {}
+    for key in dict.fromkeys(k for k, _ in items):
+        values = [v for k, v in items if k == key]
+        fields[key] = values[0] if len(values) == 1 else values
+    return fields
+
+
 async def _read_multipart(request: Request, limit: int) -> Payload:
     try:
         async with request.form(max_files=limit, max_fields=MAX_OPTION_FIELDS) as form:
             files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
-            fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+            fields = _text_fields([(key, value) for key, value in form.multi_items() if isinstance(value, str)])
             names = [f.filename or f"{key}_{i}" for i, (key, f) in enumerate(files)]
             images = [await f.read() for _, f in files]
     except (HTTPException, MultiPartException) as exc:

@@ -15,7 +15,10 @@ from pydantic import Field, field_validator, model_validator
 from prism.config.schema import StrictModel
 from prism.tasks.config import TaskConfig
 
-__all__ = ["ClassifyHeadConfig", "ClassifyTaskConfig", "read_class_list"]
+__all__ = ["DEFAULT_TEMPLATES", "ClassifyHeadConfig", "ClassifyTaskConfig", "read_class_list"]
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "a sketch of a {}.", "a picture of the {}.")
+"""Prompt templates of zero-shot by class names ("{}" = the name); open_clip's lists are longer."""
 
 
 def read_class_list(path: Path) -> list[str]:
@@ -71,6 +74,18 @@ class ClassifyTaskConfig(TaskConfig):
     tta: list[Literal["hflip", "vflip", "rot90", "rot270"]] = Field(
         default_factory=list, description="Test-time augmentations averaged with the identity view."
     )
+    zero_shot_templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1,
+        description="Prompt templates of zero-shot by class names (CLIP backbones); '{}' is the name."
+    )
+
+    @field_validator("zero_shot_templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if "{}" not in t]
+        if bad:
+            raise ValueError(f"zero_shot_templates must each hold '{{}}' where the class name goes: {bad}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

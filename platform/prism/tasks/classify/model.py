@@ -22,7 +22,8 @@ def pool_features(features: dict[str, torch.Tensor], pooling: str) -> torch.Tens
 
 
 class ClassifyHead(nn.Module):
-    """``forward(features, inputs)`` → ``{"logits": (B, K), "embedding": (B, D)}``.
+    """``forward(features, inputs)`` → ``{"logits": (B, K), "embedding": (B, D)}`` (+ ``"image_embedding":
+    (B, E)``, the backbone's projected embedding, passed through for CLIP backbones).
 
     ``embedding`` is the input of the last Linear: the pooled features after the LayerNorm and the hidden
     layers (``D`` = the last hidden size, or the pooled width for a linear head).
@@ -44,7 +45,10 @@ class ClassifyHead(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], inputs: dict[str, Any] | None = None
                 ) -> dict[str, torch.Tensor]:
         embedding = self.mlp(pool_features(features, self.pooling))
-        return {"logits": self.fc(embedding), "embedding": embedding}
+        out = {"logits": self.fc(embedding), "embedding": embedding}
+        if "embedding" in features:  # CLIP's projected image embedding, for zero-shot by class names
+            out["image_embedding"] = features["embedding"]
+        return out
 
 
 def build_head(cfg: ClassifyTaskConfig, embed_dim: int) -> ClassifyHead:

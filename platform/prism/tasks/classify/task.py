@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from prism.tasks.base import PredictOptions, Task
+from prism.tasks.classify.bank import BANK_FILE, ClassBank
 from prism.tasks.classify.config import ClassifyTaskConfig
 from prism.tasks.classify.loss import classify_loss
 from prism.tasks.classify.metrics import ClassifyMetrics
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["ClassifyCollate", "ClassifyOptions", "ClassifyTask"]
 
 TARGET = "y_label"
+MAX_REQUEST_CLASSES = 1000
+TEXT_CACHE = 32
+"""Request-time class lists whose text embeddings a replica keeps (least recently used dropped)."""
 
 
 class ClassifyOptions(PredictOptions):
@@ -33,6 +38,27 @@ class ClassifyOptions(PredictOptions):
 
     top_k: int | None = Field(None, ge=1, description="how many classes to list, most probable first "
                               "(default: the model's task.top_k)")
+    classes: list[str] | None = Field(
+        None, min_length=2, max_length=MAX_REQUEST_CLASSES,
+        description="zero-shot: score these class names instead of the trained classes, by CLIP text "
+        "embeddings of the names through the model's prompt templates (CLIP backbones only); in a form, "
+        "comma-separated, a JSON list, or the field repeated")
+    zero_shot: bool = Field(False, description="score the model's zero-shot classes (added from text or "
+                            "example images, saved with the model) instead of the trained classes")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names_from_text(cls, value: Any) -> Any:
+        """A form field's text: a JSON list (``["a cat", "a dog"]``) or comma-separated names."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON list of names: {exc.msg}") from None
+            return [name for name in text.split(",")]
+        return value
 
 
 class ClassifyCollate(NumpyBatchCollateFn):
@@ -54,6 +80,10 @@ class ClassifyTask(Task):
         super().__init__(cfg)
         self.tcfg: ClassifyTaskConfig = cfg.task
         self.classes = list(self.tcfg.classes)
+        self.bank: ClassBank | None = None
+        """Zero-shot classes saved with the model (``artifacts/zeroshot.safetensors``), if any."""
+        self._text_tower = None
+        self._text_banks: dict[tuple[str, ...], ClassBank] = {}
 
     # -- examples ----------------------------------------------------------------------------------
     @classmethod
@@ -122,10 +152,15 @@ class ClassifyTask(Task):
     def predictions(self, model: nn.Module, inputs: dict[str, torch.Tensor], tta: bool | list[str] = True
                     ) -> dict[str, torch.Tensor]:
         """``{"image": (B, 3, S, S)}`` → ``{"probs": (B, K), "embedding": (B, D)}`` float32: probabilities
-        averaged over :meth:`tta_views` in log space, and the mean head embedding of the views."""
+        averaged over :meth:`tta_views` in log space, and the mean head embedding of the views; CLIP
+        backbones add ``"image_embedding": (B, E)``, the mean projected image embedding (what CLIP text
+        embeddings are scored against)."""
         views = view_outputs(model, inputs, self.tta_views(tta))
-        return {"probs": mean_softmax(views["logits"]),
-                "embedding": torch.stack([e.float() for e in views["embedding"]]).mean(dim=0)}
+        out = {"probs": mean_softmax(views["logits"])}
+        for name in ("embedding", "image_embedding"):
+            if name in views:
+                out[name] = torch.stack([e.float() for e in views[name]]).mean(dim=0)
+        return out
 
     def preprocess(self, image: Image.Image, options: PredictOptions) -> tuple[dict[str, np.ndarray], dict]:
         """RGB image → ``{"image": uint8 (S, S, 3)}`` (resized as training resized) and its original size."""
@@ -136,11 +171,18 @@ class ClassifyTask(Task):
     def postprocess(self, prediction: dict[str, torch.Tensor], meta: dict, options: PredictOptions
                     ) -> dict[str, Any]:
         """``{"probs": (K,)}`` → ``{"prediction", "probability", "top_k": [{"class", "probability"}, …]}``,
-        ``top_k`` (the option, else ``task.top_k``, at most K) classes, most probable first."""
-        probs = prediction["probs"].float()
-        k = min(getattr(options, "top_k", None) or self.tcfg.top_k, len(self.classes))
+        ``top_k`` (the option, else ``task.top_k``, at most K) classes, most probable first.
+
+        With the ``classes`` option (CLIP text) or ``zero_shot`` (the saved bank) the classes ranked are those
+        instead, scored by cosine similarity of the image's embedding with theirs (:class:`ClassBank`)."""
+        bank = self.request_bank(options)
+        if bank is None:
+            probs, names = prediction["probs"].float(), self.classes
+        else:
+            probs, names = bank.probs(prediction[bank.scored_output]), bank.classes
+        k = min(getattr(options, "top_k", None) or self.tcfg.top_k, len(names))
         values, indices = probs.topk(k)
-        ranked = [{"class": self.classes[int(i)], "probability": round(float(v), 6)}
+        ranked = [{"class": names[int(i)], "probability": round(float(v), 6)}
                   for v, i in zip(values, indices, strict=True)]
         return {"prediction": ranked[0]["class"], "probability": ranked[0]["probability"], "top_k": ranked}
 
@@ -157,9 +199,93 @@ class ClassifyTask(Task):
             rows.append(row)
         return pd.DataFrame(rows)
 
+    # -- zero-shot ---------------------------------------------------------------------------------
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether the backbone is a CLIP image tower (so class names can be scored by its text tower)."""
+        from prism.backbones.clip_text import text_tower_names
+
+        return self.cfg.backbone.name in text_tower_names()
+
+    def text_tower(self):
+        """The frozen CLIP text tower of the backbone (built once: random init with ``backbone.seed``, the
+        hub's weights, or the ``backbone.weights`` CLIP checkpoint), as :mod:`prism.backbones.clip_text`."""
+        if self._text_tower is None:
+            from prism.backbones.clip_text import create_text_tower
+
+            if not self.has_text_tower:
+                raise ValueError(f"backbone {self.cfg.backbone.name!r} has no text tower: zero-shot by class "
+                                 "names needs a CLIP backbone (prototypes work with any backbone)")
+            b = self.cfg.backbone
+            self._text_tower = create_text_tower(b.name, pretrained=b.pretrained, weights=b.weights, seed=b.seed)
+        return self._text_tower
+
+    def text_bank(self, classes: list[str]) -> ClassBank:
+        """A ``text`` bank of ``classes`` through ``task.zero_shot_templates`` (cached per class list)."""
+        from prism.tasks.classify.zeroshot import text_class_embeddings
+
+        key = tuple(classes)
+        bank = self._text_banks.pop(key, None)
+        if bank is None:
+            templates = list(self.tcfg.zero_shot_templates)
+            bank = ClassBank("text", list(classes), text_class_embeddings(self.text_tower(), classes, templates),
+                             templates)
+        self._text_banks[key] = bank
+        while len(self._text_banks) > TEXT_CACHE:
+            self._text_banks.pop(next(iter(self._text_banks)))
+        return bank
+
+    def request_bank(self, options: PredictOptions) -> ClassBank | None:
+        """The zero-shot classes ``options`` asks for, or None for the trained head."""
+        if getattr(options, "classes", None):
+            return self.text_bank(options.classes)
+        if getattr(options, "zero_shot", False):
+            if self.bank is None:
+                raise ValueError("zero_shot: this model has no zero-shot classes; add some with "
+                                 "`prism evaluate --zero-shot … --save-bundle`, or pass classes")
+            return self.bank
+        return None
+
+    def parse_options(self, options):
+        """The options, checked against this model: ``classes`` needs a CLIP backbone, ``zero_shot`` a
+        saved bank, not both (``ValueError`` → HTTP 400 in Serve, before any image is decoded)."""
+        opts = super().parse_options(options)
+        if opts.classes is not None:
+            if opts.zero_shot:
+                raise ValueError("give either classes (zero-shot by name) or zero_shot (the saved classes)")
+            if not self.has_text_tower:
+                raise ValueError(f"classes: zero-shot by class names needs a CLIP backbone; this model's is "
+                                 f"{self.cfg.backbone.name!r}")
+            names = [c.strip() for c in opts.classes]
+            if any(not n or len(n) > 200 for n in names) or len(set(names)) != len(names):
+                raise ValueError("classes: names must be unique, non-empty and at most 200 characters")
+            opts = opts.model_copy(update={"classes": names})
+        if opts.zero_shot and self.bank is None:
+            raise ValueError("zero_shot: this model has no zero-shot classes saved with it")
+        return opts
+
     # -- bundle / reports --------------------------------------------------------------------------
     def label_maps(self) -> dict[str, Any]:
-        return {"classes": list(self.classes)}
+        maps: dict[str, Any] = {"classes": list(self.classes)}
+        if self.bank is not None:
+            maps["zero_shot"] = {"kind": self.bank.kind, "classes": list(self.bank.classes)}
+        return maps
+
+    def artifacts(self, model: nn.Module) -> dict[str, bytes]:
+        """``zeroshot.safetensors`` when the model has zero-shot classes (:attr:`bank`)."""
+        return {} if self.bank is None else {BANK_FILE: self.bank.to_bytes()}
+
+    def load_artifacts(self, model: nn.Module, artifacts: dict[str, bytes]) -> None:
+        self.bank = ClassBank.from_bytes(artifacts[BANK_FILE]) if BANK_FILE in artifacts else None
+
+    def components(self, model: nn.Module) -> dict[str, dict[str, str]]:
+        """The CLIP text tower, when the saved zero-shot classes are text embeddings (checked at load)."""
+        if self.bank is None or self.bank.kind != "text":
+            return {}
+        from prism.inference.bundle import backbone_source
+
+        return {"text_tower": {"sha256": self.text_tower().weights_sha256,
+                               "source": f"text tower of {backbone_source(self.cfg)}"}}
 
     def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
         """``confusion.png`` (K ≤ 30), ``confused_pairs.png`` and ``class_accuracy.png``."""

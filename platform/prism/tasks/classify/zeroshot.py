@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from prism.backbones.clip_text import ClipTextTower
+from prism.tasks.classify.config import DEFAULT_TEMPLATES
 
 __all__ = ["DEFAULT_TEMPLATES", "class_prototypes", "text_class_embeddings", "zero_shot_probs"]
 
-DEFAULT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "a sketch of a {}.", "a picture of the {}.")
 
 
 def text_class_embeddings(tower: ClipTextTower, classes: Sequence[str],
