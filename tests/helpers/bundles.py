@@ -6,6 +6,7 @@
 - :func:`fabricate_bundle`: a loadable bundle of ``jobs/circles.yaml`` on the job's tiny backbone at 64 px whose
   LoRA B and head weights are drawn from ``seed`` (two seeds give visibly different predictions);
   :func:`build_bundle` also returns the model it saved and the names of the saved parameters.
+- :func:`classify_bundle`: a loadable, untrained single-label classifier on a tiny backbone.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 
 from tests.conftest import CIRCLES_JOB
 
-__all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "Fabricated", "build_bundle", "fabricate_bundle", "make_bundle",
-           "sha_of"]
+__all__ = ["BUNDLE_FILES", "IMG_SIZE", "PLAN", "Fabricated", "build_bundle", "classify_bundle", "fabricate_bundle",
+           "make_bundle", "sha_of"]
 
 BUNDLE_FILES = {"backbone.json", "config.yaml", "labels.json", "weights.safetensors"}
 """What :func:`make_bundle` writes (a version-1 bundle: no manifest)."""
@@ -78,3 +79,24 @@ def build_bundle(path: Path, seed: int = 0, std: float = 0.5, plan: str = PLAN) 
 def fabricate_bundle(path: Path, seed: int) -> Path:
     """A loadable bundle in ``path`` (:func:`build_bundle` with LoRA B and heads from ``seed``)."""
     return build_bundle(path, seed).path
+
+
+def classify_bundle(path: Path, backbone: str = "dinov2_tiny", img_size: int = 28,
+                    classes: tuple[str, ...] = ("cat", "dog", "bird")) -> Path:
+    """A loadable, untrained ``classify`` bundle at ``path`` (seed 0): ``backbone`` at ``img_size``, an MLP
+    head over ``classes``, LoRA rank 2 on the last block."""
+    from prism.config import JobConfig
+    from prism.engine.model import build_model
+    from prism.inference.bundle import write_bundle
+    from prism.tasks.classify.task import ClassifyTask
+
+    cfg = JobConfig.model_validate({
+        "task": {"name": "classify", "classes": list(classes), "head": {"hidden": [16]}},
+        "backbone": {"name": backbone, "img_size": img_size}, "lora": {"rank": 2, "last_k": 1},
+        "stages": [{"kind": "lora", "epochs": 1, "lr": {"head": 1e-3, "lora": 1e-3}}]})
+    task = ClassifyTask(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    names = [n for n, _ in model.named_parameters() if n.startswith("heads.") or "lora_" in n]
+    return write_bundle(path, cfg, task, model, names)
+

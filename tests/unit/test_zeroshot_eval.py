@@ -17,10 +17,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 
-from prism.config import JobConfig
 from prism.data.shards import write_shards
-from prism.engine.model import build_model
-from prism.inference.bundle import load_bundle, rewrite_task_files, stage_bundle, write_bundle
+from prism.inference.bundle import load_bundle, rewrite_task_files, stage_bundle
 from prism.inference.predictor import Predictor
 from prism.inference.zeroshot import (
     evaluate_zero_shot,
@@ -29,8 +27,8 @@ from prism.inference.zeroshot import (
     split_support,
 )
 from prism.tasks.classify.bank import ClassBank
-from prism.tasks.classify.task import ClassifyTask
 from prism.tasks.classify.zeroshot import class_prototypes, text_class_embeddings, zero_shot_probs
+from tests.helpers.bundles import classify_bundle
 
 SEEN = ["cat", "dog", "bird"]
 HELD_OUT = [f"new_{i}" for i in range(7)]
@@ -38,15 +36,7 @@ PER_CLASS = 4
 
 
 def _bundle(path, backbone: str, img_size: int):
-    cfg = JobConfig.model_validate({
-        "task": {"name": "classify", "classes": SEEN, "head": {"hidden": [16]}},
-        "backbone": {"name": backbone, "img_size": img_size}, "lora": {"rank": 2, "last_k": 1},
-        "stages": [{"kind": "lora", "epochs": 1, "lr": {"head": 1e-3, "lora": 1e-3}}]})
-    task = ClassifyTask(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, task)
-    names = [n for n, _ in model.named_parameters() if n.startswith("heads.") or "lora_" in n]
-    return write_bundle(path, cfg, task, model, names)
+    return classify_bundle(path, backbone, img_size, tuple(SEEN))
 
 
 def _png(rng, size: int) -> bytes:

@@ -114,11 +114,17 @@ class Predictor:
         tta = {bool(o.tta) for o in per_image}
         if len(tta) != 1:
             raise ValueError("images of one batch must share the tta option; batch them per tta value")
-        batch = stack_inputs([inputs for inputs, _ in prepared])
-        inputs = model_inputs(batch, self.device, self.model.backbone.mean, self.model.backbone.std)
-        preds = predict_batch(self.task, self.model, inputs, tta=tta.pop(), amp=self.cfg.train.amp)
+        preds = self.raw_predictions(prepared, tta=tta.pop())
         return [self.task.postprocess(p, meta, o)
                 for p, (_, meta), o in zip(unbatch(preds, len(prepared)), prepared, per_image, strict=True)]
+
+    @torch.no_grad()
+    def raw_predictions(self, prepared: Sequence[Prepared], tta: bool = True) -> dict[str, Any]:
+        """Prepared images → the task's batched predictions (``task.predictions``: (B, …) tensors), before
+        any postprocessing; what embeddings of example or held-out images are read from."""
+        batch = stack_inputs([inputs for inputs, _ in prepared])
+        inputs = model_inputs(batch, self.device, self.model.backbone.mean, self.model.backbone.std)
+        return predict_batch(self.task, self.model, inputs, tta=tta, amp=self.cfg.train.amp)
 
     def predict(self, images: Sequence[ImageInput], tta: bool | None = None, batch_size: int = 32,
                 names: Sequence[str] | None = None, progress: bool = False, options: Any = None

@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from prism.engine.inputs import model_inputs, stack_inputs
-from prism.engine.predict import predict_batch
 from prism.inference.predictor import Predictor
 from prism.tasks.classify.bank import ClassBank
 
@@ -144,17 +142,13 @@ def embed(predictor: Predictor, samples: Iterator[HeldOutSample], output: str, t
     from tqdm import tqdm
 
     opts = predictor.options(tta=tta)
-    model = predictor.model
     chunks: list[torch.Tensor] = []
     labels: list[int] = []
     names: list[str] = []
     batch: list[HeldOutSample] = []
 
     def flush() -> None:
-        inputs = stack_inputs([predictor.prepare(s.image, s.name, opts)[0] for s in batch])
-        inputs = model_inputs(inputs, predictor.device, model.backbone.mean, model.backbone.std)
-        with torch.no_grad():
-            preds = predict_batch(predictor.task, model, inputs, tta=bool(opts.tta), amp=predictor.cfg.train.amp)
+        preds = predictor.raw_predictions([predictor.prepare(s.image, s.name, opts) for s in batch], bool(opts.tta))
         if output not in preds:
             raise ValueError(f"the model's predictions have no {output!r} (they have {sorted(preds)})")
         chunks.append(preds[output].float().cpu())

@@ -17,6 +17,6 @@ Configs live in ``serve_configs/`` (``serve run serve_configs/circles.yaml``).
 """
 
 from prism.serve.app import build_app, load_serve_config, run_local
-from prism.serve.settings import AppArgs, ReloadSettings, ServeSettings
+from prism.serve.settings import AppArgs, ClassesSettings, ReloadSettings, ServeSettings
 
-__all__ = ["AppArgs", "ReloadSettings", "ServeSettings", "build_app", "load_serve_config", "run_local"]
+__all__ = ["AppArgs", "ClassesSettings", "ReloadSettings", "ServeSettings", "build_app", "load_serve_config", "run_local"]

@@ -9,6 +9,10 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     GET  /stats     the replica's batches so far: count, images, size histogram (BatchingStats)
     POST /reload    re-resolve model_uri (after an alias moved) and swap versions on this replica
                     (off unless user_config reload.enabled; Authorization: Bearer <token> if reload.token_env)
+    GET  /classes   the served classes: trained, saved zero-shot, added while serving (a classifier)
+    POST /classes   a new class from a few example images (name + images), for every replica; predicted
+                    with zero_shot=true (off unless user_config classes.enabled; token as reload's)
+    DELETE /classes/{name}   drop an added class
 
 ``POST /predict``: :func:`read_payload` (body size, content type, image count) → the request's options
 checked against the served task's options model (:meth:`ServedModel.request_options`) → in a worker thread,
@@ -29,10 +33,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
-from prism.serve.errors import install_error_handlers, server_error
+from prism.serve.errors import RequestError, install_error_handlers, server_error
 from prism.serve.model import ServedModel
 from prism.serve.payload import read_payload
 from prism.serve.schemas import (
+    CLASSES_OPENAPI,
+    CLASSES_RESPONSES,
     PREDICT_OPENAPI,
     PREDICT_RESPONSES,
     BatchingStats,
@@ -116,6 +122,8 @@ class ModelServer(ServedModel):
         settings = self.settings
         self.loaded()
         payload = await read_payload(request, settings.max_images_per_request, settings.max_request_bytes)
+        if "zero_shot" in payload.options or settings.options.get("zero_shot"):
+            await self.sync_classes()  # classes added on any replica
         options = self.request_options(payload.options)
         items = await asyncio.to_thread(
             lambda: [self.prepare(data, name, options, settings.max_image_pixels)
@@ -167,3 +175,38 @@ class ModelServer(ServedModel):
                 f"reload of {self.settings.model_uri} failed; still serving {previous.resolved_uri}",
             ) from None
         return ReloadResult(reloaded=swapped, previous=previous, current=self.loaded().info)
+
+    @api.get("/classes", responses={503: {"model": ErrorBody}})
+    async def get_classes(self) -> dict[str, Any]:
+        """The served version's classes: trained, saved zero-shot, and those added while serving."""
+        await self.sync_classes()
+        return self.classes_info()
+
+    @api.post("/classes", summary="add a class from example images", openapi_extra=CLASSES_OPENAPI,
+              responses=CLASSES_RESPONSES)
+    async def post_class(
+        self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> dict[str, Any]:
+        """Add (or replace) a class from a few example images, without retraining: a classifier ranks it
+        by the prototype of the images' embeddings when a request sets ``zero_shot=true``. Every replica of
+        the application serves it from the next request on. Classes added this way are not saved with the
+        model; they last as long as the Ray cluster (see the task guide to save them with a model version).
+        """
+        self.authorize_classes(None if credentials is None else credentials.credentials)
+        settings = self.settings
+        payload = await read_payload(request, settings.max_images_per_request, settings.max_request_bytes)
+        unknown = sorted(set(payload.options) - {"name"})
+        if unknown:
+            raise RequestError(400, "invalid_request", f"unknown fields {unknown}; send `name` and `images`")
+        await self.sync_classes()
+        return await self.add_class(payload.options.get("name"), list(zip(payload.names, payload.images,
+                                                                          strict=True)))
+
+    @api.delete("/classes/{name}", responses=CLASSES_RESPONSES)
+    async def delete_class(
+        self, name: str, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> dict[str, Any]:
+        """Remove a class added with ``POST /classes`` (on every replica)."""
+        self.authorize_classes(None if credentials is None else credentials.credentials)
+        return await self.remove_class(name)
+

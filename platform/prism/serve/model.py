@@ -29,11 +29,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from prism.serve.batching import Batcher
+from prism.serve.classes import LocalStore, RayStore, Snapshot, ray_store
 from prism.serve.errors import RequestError
 from prism.serve.images import open_checked
 from prism.serve.payload import parse_options
 from prism.serve.schemas import BatchingStats, ModelInfo
-from prism.serve.settings import ServeSettings
+from prism.serve.settings import ReloadSettings, ServeSettings
 
 if TYPE_CHECKING:  # torch is imported by the replicas, not where the app is built
     from prism.inference.predictor import Predictor, Prepared
@@ -103,13 +104,16 @@ def run_batch(predictor: Predictor, items: list[Item]) -> list[dict[str, Any]]:
 class ServedModel:
     """One replica's model: settings from ``reconfigure`` (:class:`ServeSettings`), atomic reloads, batching."""
 
-    def __init__(self, tracking_uri: str, device: str | None = None):
+    def __init__(self, tracking_uri: str, device: str | None = None, class_store: LocalStore | RayStore | None = None):
         from prism.tracking import configure_tracking
 
         self._tracking_uri = configure_tracking(tracking_uri)
         self._device = device
         self._settings = ServeSettings()
-        self._reload_token: str | None = None  # the value of settings.reload.token_env, read at reconfigure
+        # the values of settings.reload.token_env and settings.classes.token_env, read at reconfigure
+        self._tokens: dict[str, str | None] = {"reload": None, "classes": None}
+        self._class_store = class_store  # None: the application's Ray actor, found on first use
+        self._classes_synced: tuple[int, int, dict[str, int]] = (0, -1, {})  # (id(predictor), revision, shots)
         self._loaded: Loaded | None = None
         self._reload_lock = asyncio.Lock()
         self.batcher: Batcher[Item, dict[str, Any]] = Batcher(
@@ -131,7 +135,7 @@ class ServedModel:
         """
         settings = ServeSettings.model_validate(user_config)
         uri = settings.require_model_uri()
-        token = settings.reload.token()
+        tokens = {"reload": settings.reload.token(), "classes": settings.classes.token()}
         async with self._reload_lock:
             force = self._loaded is None or uri != self._settings.model_uri
             new = await self._load_unless_current(uri, force)
@@ -143,7 +147,7 @@ class ServedModel:
             if new is not None:
                 self._swap(new)
             self.batcher.configure(settings.max_batch_size, settings.batch_wait_timeout_s)
-            self._reload_token = token
+            self._tokens = tokens
             self._settings = settings
 
     def check_health(self) -> None:
@@ -194,31 +198,43 @@ class ServedModel:
             RequestError: 403 ``reload_disabled`` (``reload.enabled`` false), 401 ``missing_token`` (a token
                 is configured, none sent), 403 ``invalid_token`` (another token sent).
         """
-        reload = self._settings.reload
-        if not reload.enabled:
+        self._authorize(self._settings.reload, token,
+                        "`serve deploy` with a changed user_config re-resolves model_uri on every replica")
+
+    def authorize_classes(self, token: str | None) -> None:
+        """Whether ``POST /classes`` / ``DELETE /classes/{name}`` may run with this bearer ``token``; as
+        :meth:`authorize_reload` with ``classes.*`` (403 ``classes_disabled`` when off)."""
+        self._authorize(self._settings.classes, token, "set user_config classes.enabled: true to add classes")
+
+    def _authorize(self, access: ReloadSettings, token: str | None, hint: str) -> None:
+        if not access.enabled:
             raise RequestError(
-                403, "reload_disabled",
-                "POST /reload is disabled on this deployment (user_config reload.enabled: false); "
-                "`serve deploy` with a changed user_config re-resolves model_uri on every replica",
+                403, f"{access.KEY}_disabled",
+                f"{access.ROUTES} is disabled on this deployment (user_config {access.KEY}.enabled: false); {hint}",
             )
-        expected = self._reload_token
+        expected = self._tokens.get(access.KEY)
         if expected is None:
             return
         if token is None:
             raise RequestError(
                 401, "missing_token",
-                f"POST /reload needs the header `Authorization: Bearer <token>`, the token being the value of "
-                f"{reload.token_env} on the replicas", headers={"WWW-Authenticate": "Bearer"},
+                f"{access.ROUTES} needs the header `Authorization: Bearer <token>`, the token being the value of "
+                f"{access.token_env} on the replicas", headers={"WWW-Authenticate": "Bearer"},
             )
         if not hmac.compare_digest(token.encode(), expected.encode()):
-            raise RequestError(403, "invalid_token", f"the bearer token is not the one in {reload.token_env}")
+            raise RequestError(403, "invalid_token", f"the bearer token is not the one in {access.token_env}")
 
     def request_options(self, raw: dict[str, Any]) -> Any:
         """A request's raw options → the served task's options model, over the deployment's defaults
-        (``tta`` and ``options`` of the settings); 400 naming a bad or unknown option."""
+        (``tta`` and ``options`` of the settings), checked by the task against the served model; 400 naming
+        a bad or unknown option."""
         task = self.loaded().predictor.task
         defaults = {"tta": self._settings.tta, **self._settings.options}
-        return parse_options(task.options_class, defaults, raw)
+        options = parse_options(task.options_class, defaults, raw)
+        try:  # the task's own checks against this model (e.g. class names need a CLIP backbone)
+            return task.parse_options(options)
+        except ValueError as exc:
+            raise RequestError(400, "invalid_request", f"options: {exc}") from None
 
     def prepare(self, data: bytes, name: str, options: Any, max_pixels: int | None = None) -> Item:
         """One image file → a queued :class:`Item` (blocking: run it in a worker thread).
@@ -242,6 +258,98 @@ class ServedModel:
         stats = self.batcher.stats
         return BatchingStats(batches=stats.batches, images=stats.items, mean_batch_size=stats.mean_size,
                              batch_sizes=dict(sorted(stats.sizes.items())))
+
+    # -- classes added while serving ---------------------------------------------------------------
+    async def _store(self) -> LocalStore | RayStore:
+        if self._class_store is None:
+            from ray import serve
+
+            self._class_store = await ray_store(serve.get_replica_context().app_name)
+        return self._class_store
+
+    def _can_add(self, predictor: Predictor) -> None:
+        reason = predictor.task.add_classes_error()
+        if reason is not None:
+            raise RequestError(409, "classes_unsupported", reason)
+
+    def _apply(self, predictor: Predictor, snap: Snapshot | None) -> None:
+        """Make ``predictor`` rank the store's snapshot (None: it is current already)."""
+        if snap is None:
+            return
+        synced_for, revision, _ = self._classes_synced
+        if synced_for == id(predictor) and snap.revision <= revision:
+            return  # an answer that crossed a newer one
+        predictor.task.set_added_classes(snap.entries)
+        self._classes_synced = (id(predictor), snap.revision, dict(snap.shots))
+
+    async def sync_classes(self) -> None:
+        """Copy the classes added on any replica for the served version (one call to the store, which
+        answers nothing when this replica is current). A task that cannot add classes has nothing to copy."""
+        loaded = self.loaded()
+        if loaded.predictor.task.add_classes_error() is not None:
+            return
+        known = self._classes_synced[1] if self._classes_synced[0] == id(loaded.predictor) else -1
+        store = await self._store()
+        self._apply(loaded.predictor, await store.call("since", loaded.info.resolved_uri, known))
+
+    async def add_class(self, name: str | None, files: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """A new class from example images (decoded and checked as predict's are): the task's entry of their
+        predictions (a classifier: their prototype) goes into the application's store, for every replica.
+
+        Raises:
+            RequestError: 400 (bad name, no images, undecodable image), 409 (the model cannot add classes),
+                413 (an image over ``max_image_pixels``).
+        """
+        from prism.serve.classes import check_class_name
+
+        loaded = self.loaded()
+        self._can_add(loaded.predictor)
+        try:
+            name = check_class_name(name)
+        except ValueError as exc:
+            raise RequestError(400, "invalid_request", str(exc)) from None
+        if not files:
+            raise RequestError(400, "empty_body", "no example images; attach a few images of the class as `images`")
+        options = self.request_options({})
+        items = await asyncio.to_thread(lambda: [self.prepare(data, fname, options) for fname, data in files])
+        predictor = loaded.predictor
+
+        def entry() -> Any:
+            preds = predictor.raw_predictions([it.prepared for it in items], tta=bool(options.tta))
+            return predictor.task.class_from_examples(preds)
+
+        vector = await asyncio.get_running_loop().run_in_executor(self._model_thread, entry)
+        store = await self._store()
+        try:
+            snap = await store.call("put", loaded.info.resolved_uri, name, vector, len(files))
+        except ValueError as exc:
+            raise RequestError(400, "invalid_request", str(exc)) from None
+        self._apply(predictor, snap)
+        return self.classes_info() | {"added_class": name, "shots": len(files)}
+
+    async def remove_class(self, name: str) -> dict[str, Any]:
+        """Drop an added class on every replica; 404 when ``name`` is not an added class."""
+        loaded = self.loaded()
+        self._can_add(loaded.predictor)
+        store = await self._store()
+        try:
+            snap = await store.call("remove", loaded.info.resolved_uri, name)
+        except KeyError as exc:
+            raise RequestError(404, "unknown_class", str(exc.args[0])) from None
+        self._apply(loaded.predictor, snap)
+        return self.classes_info() | {"removed_class": name}
+
+    def classes_info(self) -> dict[str, Any]:
+        """``GET /classes``: the served version's classes (its label maps: trained, saved zero-shot) and those
+        added while serving, with their example counts, as this replica last read them."""
+        loaded = self.loaded()
+        task = loaded.predictor.task
+        known, shots = self._classes_synced[1], self._classes_synced[2]
+        current = self._classes_synced[0] == id(loaded.predictor)
+        return {"model": loaded.info.resolved_uri, "task": task.name, **task.label_maps(),
+                "added": [{"class": c, "shots": n} for c, n in shots.items()] if current else [],
+                "revision": max(known, 0) if current else 0,
+                "can_add": task.add_classes_error() is None}
 
     async def predict_images(self, items: list[Item]) -> list[dict[str, Any]]:
         """Prepared images (:meth:`prepare`) → results (without names), in order; batched with other callers' images."""

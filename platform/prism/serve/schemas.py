@@ -123,6 +123,33 @@ def predict_openapi(options_class: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+CLASSES_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["name", "images"], "properties": {
+                "name": {"type": "string", "maxLength": 200, "description": "the new class's name"},
+                "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                           "description": "a few example images of the class (5 to 20 is typical)"}}}},
+            "application/json": {"schema": {"type": "object", "required": ["name", "images"], "properties": {
+                "name": {"type": "string", "maxLength": 200},
+                "images": {"type": "array", "items": {"type": "string"}, "description": "base64 images"}}}},
+        },
+    }
+}
+"""The documented body of ``POST /classes``: a name and example images."""
+
+CLASSES_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the classes after the change: {model, task, classes, zero_shot, added: [{class, "
+          "shots}], revision, can_add}"},
+    400: {"model": ErrorBody, "description": "bad name, no images, undecodable image"},
+    401: {"model": ErrorBody, "description": "a token is configured (classes.token_env) and none was sent"},
+    403: {"model": ErrorBody, "description": "classes.enabled is false, or another token was sent"},
+    404: {"model": ErrorBody, "description": "DELETE of a class that was not added"},
+    409: {"model": ErrorBody, "description": "this model cannot add classes (its task, or text zero-shot classes)"},
+    413: {"model": ErrorBody, "description": "body over max_request_bytes, image over max_image_pixels, too many images"},
+}
+
 PREDICT_OPENAPI = predict_openapi(PredictOptions)
 """The route's documented body before a model is loaded (options every task takes)."""
 

@@ -5,7 +5,7 @@ Two objects, because Serve gives them different lifetimes:
 - :class:`ServeSettings` is the deployment's ``user_config``. Serve hands it to ``reconfigure`` on every
   replica at start and again whenever it changes (``serve deploy`` with an edited config), without
   restarting the replica: the model URI, batching, input limits, request defaults and who may call
-  ``POST /reload`` (:class:`ReloadSettings`) live here.
+  ``POST /reload`` (:class:`ReloadSettings`) or may add classes (:class:`ClassesSettings`) live here.
 - :class:`AppArgs` are the typed arguments of the app builder (``args:`` under the application in a Serve
   config). They are fixed for the life of the replicas: where the MLflow store is, which device, and the
   initial settings (a ``user_config`` in the Serve config file overrides them, as Serve always does).
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -37,6 +37,7 @@ from prism.config.schema import StrictModel
 __all__ = [
     "MAX_REQUEST_BYTES",
     "AppArgs",
+    "ClassesSettings",
     "ReloadSettings",
     "ServeSettings",
     "resolve_tracking_uri",
@@ -53,6 +54,9 @@ class ReloadSettings(StrictModel):
     Off by default: an endpoint that makes replicas load models is opt-in. A changed ``user_config``
     (``serve deploy``) re-resolves the alias on every replica whatever this says.
     """
+
+    KEY: ClassVar[str] = "reload"
+    ROUTES: ClassVar[str] = "POST /reload"
 
     enabled: bool = Field(
         False, description="serve POST /reload; false answers 403 reload_disabled"
@@ -84,11 +88,30 @@ class ReloadSettings(StrictModel):
         value = os.environ.get(self.token_env, "")
         if not value.strip():
             raise ValueError(
-                f"reload.token_env is {self.token_env!r} but that environment variable is unset or empty on "
+                f"{self.KEY}.token_env is {self.token_env!r} but that environment variable is unset or empty on "
                 "the replica; set it in the replicas' environment (runtime_env.env_vars, or the node's "
                 "environment where Ray starts), or set reload.token_env: null"
             )
         return value
+
+
+class ClassesSettings(ReloadSettings):
+    """Who may add and remove classes while serving (``POST /classes``, ``DELETE /classes/{name}``: new
+    classes from a few example images, shared by all replicas). Off by default, like reload: it changes
+    what the endpoint answers. ``GET /classes`` is always served."""
+
+    KEY: ClassVar[str] = "classes"
+    ROUTES: ClassVar[str] = "POST /classes and DELETE /classes/{name}"
+
+    enabled: bool = Field(
+        False, description="serve POST /classes and DELETE /classes/{name}; false answers 403 classes_disabled"
+    )
+    token_env: str | None = Field(
+        None,
+        description="name of an environment variable of the replicas that holds the token POST /classes and "
+        "DELETE /classes/{name} must send as `Authorization: Bearer <token>` (401 without it, 403 with "
+        "another); null = no token, only for a private HTTP port",
+    )
 
 
 class ServeSettings(StrictModel):
@@ -128,6 +151,10 @@ class ServeSettings(StrictModel):
     )
     reload: ReloadSettings = Field(
         default_factory=ReloadSettings, description="who may call POST /reload (off by default)"
+    )
+    classes: ClassesSettings = Field(
+        default_factory=ClassesSettings,
+        description="who may add classes from example images while serving (POST /classes; off by default)",
     )
 
     @field_validator("model_uri")

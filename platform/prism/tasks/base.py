@@ -192,6 +192,22 @@ class Task(ABC):
         e.g. per-class accuracy."""
         return {}
 
+    # -- classes added while serving (Serve's /classes) ----------------------------------------------
+    def add_classes_error(self) -> str | None:
+        """Why this model cannot take classes from example images while it serves, or None when it can
+        (then :meth:`class_from_examples` and :meth:`set_added_classes` are implemented)."""
+        return f"the {self.name} task does not add classes from example images"
+
+    def class_from_examples(self, predictions: dict[str, torch.Tensor]) -> np.ndarray:
+        """Predictions of a new class's example images (outputs of :meth:`predictions`, (B, …)) → the class's
+        entry, a float32 vector that :meth:`set_added_classes` takes back."""
+        raise NotImplementedError(self.add_classes_error())
+
+    def set_added_classes(self, added: dict[str, np.ndarray]) -> None:
+        """Classes added while serving, ``{name: entry}`` (from :meth:`class_from_examples`), replacing the
+        previous set; predictions that ask for them (the task's options say how) rank them."""
+        raise NotImplementedError(self.add_classes_error())
+
     def parse_options(self, options: PredictOptions | dict[str, Any] | None) -> PredictOptions:
         """``options`` validated as this task's :attr:`options_class` (``ValueError`` naming bad keys)."""
         if isinstance(options, self.options_class):

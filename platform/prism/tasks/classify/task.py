@@ -82,6 +82,9 @@ class ClassifyTask(Task):
         self.classes = list(self.tcfg.classes)
         self.bank: ClassBank | None = None
         """Zero-shot classes saved with the model (``artifacts/zeroshot.safetensors``), if any."""
+        self._served: tuple[ClassBank, ClassBank] | None = None
+        """(added, added + saved) for classes added while serving (Serve's ``POST /classes``; not saved with
+        the model), replaced as one reference so a batch running meanwhile sees one set or the other."""
         self._text_tower = None
         self._text_banks: dict[tuple[str, ...], ClassBank] = {}
 
@@ -240,11 +243,53 @@ class ClassifyTask(Task):
         if getattr(options, "classes", None):
             return self.text_bank(options.classes)
         if getattr(options, "zero_shot", False):
-            if self.bank is None:
+            bank = self.zero_shot_bank()
+            if bank is None:
                 raise ValueError("zero_shot: this model has no zero-shot classes; add some with "
-                                 "`prism evaluate --zero-shot … --save-bundle`, or pass classes")
-            return self.bank
+                                 "`prism evaluate --zero-shot … --save-bundle` or POST /classes, or pass classes")
+            return bank
         return None
+
+    def zero_shot_bank(self) -> ClassBank | None:
+        """What ``zero_shot=true`` ranks: the saved classes and those added while serving (an added class
+        replaces a saved one of the same name)."""
+        served = self._served
+        return self.bank if served is None else served[1]
+
+    @property
+    def added(self) -> ClassBank | None:
+        """The classes added while serving (prototypes), if any."""
+        served = self._served
+        return None if served is None else served[0]
+
+    def add_classes_error(self) -> str | None:
+        if self.bank is not None and self.bank.kind == "text":
+            return ("this model's zero-shot classes are CLIP text embeddings; classes from example images "
+                    "(prototypes) would be scored on another scale. Serve the model without them, or add "
+                    "classes by name with the request option classes")
+        return None
+
+    def class_from_examples(self, predictions: dict[str, torch.Tensor]) -> np.ndarray:
+        """``{"embedding": (B, D)}`` of B example images → their prototype: the mean of the normalised
+        embeddings, normalised, (D,) float32 (as :func:`~prism.tasks.classify.zeroshot.class_prototypes`)."""
+        from prism.tasks.classify.zeroshot import class_prototypes
+
+        emb = predictions["embedding"]
+        return class_prototypes(emb, torch.zeros(len(emb), dtype=torch.long), 1)[0].numpy().astype(np.float32)
+
+    def set_added_classes(self, added: dict[str, np.ndarray]) -> None:
+        reason = self.add_classes_error()
+        if reason is not None:
+            raise ValueError(reason)
+        if not added:
+            self._served = None
+            return
+        new = ClassBank("prototypes", list(added),
+                        torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in added.values()])))
+        saved = [] if self.bank is None else [(c, e) for c, e in zip(self.bank.classes, self.bank.embeddings,
+                                                                       strict=True) if c not in added]
+        rows = saved + list(zip(new.classes, new.embeddings, strict=True))
+        self._served = (new, ClassBank("prototypes", [c for c, _ in rows], torch.stack([e for _, e in rows])))
 
     def parse_options(self, options):
         """The options, checked against this model: ``classes`` needs a CLIP backbone, ``zero_shot`` a
@@ -260,7 +305,7 @@ class ClassifyTask(Task):
             if any(not n or len(n) > 200 for n in names) or len(set(names)) != len(names):
                 raise ValueError("classes: names must be unique, non-empty and at most 200 characters")
             opts = opts.model_copy(update={"classes": names})
-        if opts.zero_shot and self.bank is None:
+        if opts.zero_shot and self.zero_shot_bank() is None:
             raise ValueError("zero_shot: this model has no zero-shot classes saved with it")
         return opts
 
