@@ -163,6 +163,7 @@ def test_openapi_documents_both_request_types(server):
     spec = requests.get(f"{server}/openapi.json", timeout=TIMEOUT).json()
     content = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(content) == {"multipart/form-data", "application/json"}
+    assert {"tta", "top_k"} <= set(content["multipart/form-data"]["schema"]["properties"])  # the task's options
     assert {"/healthz", "/models", "/reload"} <= set(spec["paths"])
     assert requests.get(f"{server}/docs", timeout=TIMEOUT).status_code == 200
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 APP = "classes-it"
 TIMEOUT = 60
-QUERIES = 24
+QUERIES = 12
 
 
 def _pngs(seed: int, n: int, tint: tuple[int, int, int]) -> list[bytes]:

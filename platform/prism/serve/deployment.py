@@ -80,6 +80,19 @@ def _openapi() -> dict[str, Any]:
 
 
 api.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _document_options(options: type) -> None:
+    """Make ``GET /openapi.json`` document ``options`` (the served task's) from now on.
+
+    A module function on purpose: Serve ships the deployment class to the replicas by value, with copies of
+    the module globals its methods name, while ``_openapi`` (which the served app calls) is shipped by
+    reference and reads this module's own globals; calling this function (also shipped by reference) is
+    what reaches them.
+    """
+    if not _served_options or _served_options[-1] is not options:
+        _served_options.append(options)
+        api.openapi_schema = None  # regenerated for the served task on the next GET /openapi.json
 # Parses `Authorization: Bearer <token>` for POST /reload (and documents it in OpenAPI); the check is
 # ServedModel.authorize_reload, which also answers a missing header.
 _bearer = HTTPBearer(auto_error=False, description="the token in the replicas' env var reload.token_env")
@@ -111,10 +124,7 @@ class ModelServer(ServedModel):
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         await super().reconfigure(user_config)
-        options = self.loaded().predictor.task.options_class
-        if not _served_options or _served_options[-1] is not options:
-            _served_options.append(options)
-            api.openapi_schema = None  # regenerated for the served task on the next GET /openapi.json
+        _document_options(self.loaded().predictor.task.options_class)
 
     @api.post("/predict", summary="predict on images", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
     async def predict(self, request: Request) -> list[dict[str, Any]]:
