@@ -7,6 +7,7 @@ from collections import Counter
 
 import boto3
 import pytest
+from ray.train import UserCallback
 
 from prism.config import JobConfig
 from prism.data.webdataset import in_val_split
@@ -110,3 +111,36 @@ def test_shards_on_a_local_s3_server(ray_local, shards, monkeypatch):
     finally:
         server.stop()
 
+
+
+class FailedAttempts(UserCallback):
+    """Ray Train callback (it runs on the controller): one line in ``path`` per failed attempt."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def after_exception(self, run_context, worker_exceptions):
+        with open(self.path, "a") as f:
+            f.write(f"{sorted(worker_exceptions)}\n")
+
+
+def test_a_bad_sample_stops_training_once_with_its_own_message(ray_local, workdir, tmp_path):
+    """A sample that fails while a worker streams it ends the run at the first attempt (Ray Train's
+    restarts are for lost workers: each would read up to the same sample again), and the driver raises the
+    data error itself, not Ray Train's WorkerGroupError with tracebacks."""
+    from prism.data.table import BadRowsError
+    from prism.engine.driver import run_training
+
+    bad = sketch_shards(tmp_path, n=20, per_shard=10)
+    key = next(iter(members(bad.shards[1])))
+    rewrite(bad.shards[1], {key: {"png": b"\x89PNG broken"}})
+    cfg = job(bad.pattern, progress_bars=False).model_copy(deep=True)
+    cfg.train.num_workers, cfg.train.cpus_per_worker, cfg.train.max_failures = 1, 0.5, 2
+    cfg.train.storage_path, cfg.tracking.model_name = str(tmp_path / "runs"), None
+    attempts = tmp_path / "attempts.txt"
+    with pytest.raises(BadRowsError) as caught:
+        run_training(cfg, extra_callbacks=[FailedAttempts(attempts)])
+    said = str(caught.value)
+    assert said.startswith("1 bad sample(s):\n") and f"train-000001.tar: sample '{key}': undecodable image" in said
+    assert "Traceback" not in said and "Failed to apply UDF" not in said and "BytesIO" not in said
+    assert attempts.read_text().splitlines() == ["[0]"]  # max_failures=2, yet one attempt

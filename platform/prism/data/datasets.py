@@ -209,6 +209,15 @@ def _check_images(table: LabelTable, on_bad_rows: str, source: str, use_ray: boo
     return raise_or_skip(table, bad[["path", "reason"]], on_bad_rows, source)
 
 
+def configure_context(ctx, deterministic: bool) -> None:
+    """Prism's settings of a dataset's own ``DataContext``: block order kept when ``deterministic``, and a
+    decode error (e.g. :class:`~prism.data.table.BadRowsError` naming the bad files) raised as itself
+    rather than as Ray Data's ``UserCodeException``, so the driver can report it as the data error it is
+    (:func:`prism.engine.failures.data_error`)."""
+    ctx.execution_options.preserve_order = deterministic
+    ctx.raise_original_map_exception = True
+
+
 def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     """Validate the labels and images, split, and build the lazy train/val Ray datasets (``data.source:
     webdataset``: :func:`prism.data.webdataset.build_webdataset`)."""
@@ -237,6 +246,6 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
              .map_batches(decode_train, batch_size=d.map_batch_size))
     val = rows_dataset(val_df, d.map_batch_size).map_batches(DecodeImages(img_size), batch_size=d.map_batch_size)
     for ds in (train, val):  # each dataset has its own copy of the context: the process's is left alone
-        ds.context.execution_options.preserve_order = d.deterministic
+        configure_context(ds.context, d.deterministic)
     return TrainData(train, val, len(train_df), len(val_df), split.table.skipped, split.labels_csv,
                      split.val_fingerprint)

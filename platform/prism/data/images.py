@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 from PIL import Image
@@ -52,7 +53,8 @@ def decode_image(data: bytes, source: str = "<bytes>", min_side: int | None = No
             img.draft("RGB", (min_side, min_side))
         img.load()
     except Exception as e:  # PIL raises several types for corrupt data
-        raise ValueError(f"cannot decode image {source}: {type(e).__name__}: {e}") from None
+        said = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))  # PIL names the buffer, not the file
+        raise ValueError(f"cannot decode image {source}: {type(e).__name__}: {said}") from None
     return to_rgb(img, source)
 
 

@@ -224,7 +224,7 @@ def build_webdataset(cfg: JobConfig, task: Task, img_size: int):
     from ray.data import FileShuffleConfig
     from ray.data.expressions import col, random
 
-    from prism.data.datasets import TrainData
+    from prism.data.datasets import TrainData, configure_context
     from prism.runtime.ray_cluster import ensure_ray
 
     d, w = cfg.data, cfg.data.webdataset
@@ -253,7 +253,7 @@ def build_webdataset(cfg: JobConfig, task: Task, img_size: int):
     val_shards = val_check.shards if val_check else train_check.shards
     val = decode(val_shards, False, "all" if val_check else "val")
     for ds in (train, val):
-        ds.context.execution_options.preserve_order = d.deterministic
+        configure_context(ds.context, d.deterministic)
     skipped = pd.concat([train_check.skipped, *([val_check.skipped] if val_check else [])], ignore_index=True)
     rule = "val shards" if val_check else f"crc32 < {d.val_fraction}"
     where = (f"{len(train_check.shards)} training shard(s) ({w.train[0]}{' …' if len(w.train) > 1 else ''})"

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 
 from prism.config import JobConfig
 from prism.config.schema import ConfigError
 from prism.engine.callbacks import MlflowEpochLogger
+from prism.engine.failures import StopOnDataErrors, data_error
 from prism.engine.loop import train_loop_per_worker
 from prism.engine.model import check_plan
 from prism.inference.bundle import stage_bundle
@@ -187,11 +188,17 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
               flush=True)
 
         trainer = build_trainer(cfg, {"train": data.train, "val": data.val},
-                                callbacks=[MlflowEpochLogger(uri, run_id), *(extra_callbacks or [])],
+                                callbacks=[MlflowEpochLogger(uri, run_id), *(extra_callbacks or []), StopOnDataErrors()],
                                 run_name=run_name or f"{cfg.tracking.experiment}-{run_id[:8]}",
                                 resume_from=None if cfg.train.resume_from is None else str(cfg.train.resume_from),
                                 val_fingerprint=data.val_fingerprint)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:  # bad data: its own message, not three wrapped tracebacks
+            error = data_error(exc)
+            if error is None:
+                raise
+            raise error from None
         _log_streamed_skips(data)
         best = result.get_best_checkpoint(metric=cfg.train.metric, mode=cfg.train.mode)
         if best is None:
