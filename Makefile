@@ -11,7 +11,7 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo demo-sketches test test-fast lint bench clean
 
 # Every benchmark, in this order (serving twice: the tiny demo model, where HTTP dominates, and ViT-S/14),
 # then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: about a minute each.
@@ -26,6 +26,9 @@ install: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
 
 demo: install
 	$(RUN) prism demo
+
+demo-sketches: install
+	$(RUN) prism demo sketches
 
 test: install
 	$(RUN) pytest

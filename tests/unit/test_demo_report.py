@@ -28,3 +28,24 @@ def test_accuracy_counts_defined_rows_and_na_as_wrong():
     assert f"accuracy {expected:.3f} on 4 images" in presence and "chance, always the commonest class: 0.500" in presence
     assert "accuracy 0.500 on 2 images" in closure          # row b: truth almost_closed, answer na
     assert "accuracy 0.500 on 2 images" in circularity      # row b answered na, row a right
+
+
+def test_sketches_demo_scores_top_k_as_scikit_learn_does():
+    import numpy as np
+    from sklearn.metrics import top_k_accuracy_score
+
+    from prism.cli.demo_sketches import top_k_report
+
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(10)]
+    scores = rng.random((50, 10))
+    y = rng.integers(0, 10, 50)
+    results = []
+    for row in scores:  # as Serve answers: the ranked classes, best first
+        order = np.argsort(-row)
+        results.append({"prediction": names[order[0]], "top_k": [{"class": names[j]} for j in order[:5]]})
+    line = top_k_report([names[t] for t in y], results, 5, 10)
+    top1 = top_k_accuracy_score(y, scores, k=1, labels=range(10))
+    top5 = top_k_accuracy_score(y, scores, k=5, labels=range(10))
+    assert line == f"top-1 {top1:.3f}, top-5 {top5:.3f} on 50 images (chance 0.100 and 0.500)"
+    assert top_k_report(["c0", "c1"], results[:2], 1, 2).endswith("on 2 images (chance 0.500)")

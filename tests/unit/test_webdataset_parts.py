@@ -119,3 +119,28 @@ def test_data_shards_command(tmp_path, capsys):
     assert main(["data", "shards", str(src / "labels.csv"), "--out", str(tmp_path / "s"), "--classes",
                  ",".join(CLASSES), "--per-shard", "5"]) == 0
     assert "wrote 12 samples in 3 shard(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["validation", "training"])
+def test_a_drawing_is_the_same_tensor_from_a_labels_csv_or_a_shard(tmp_path, train):
+    """The two data sources of a classify job feed the loop alike: the drawing of CSV row i and of shard
+    sample i (``prism data shards`` of that CSV) decode to the same uint8 pixels, with the same augmentation
+    for the same row seed, and the same class index."""
+    import pandas as pd
+
+    from prism.data.images import DecodeImages
+
+    shards = sketch_shards(tmp_path, n=6, per_shard=6)
+    labels = pd.read_csv(tmp_path / "src-train" / "labels.csv")
+    seeds = np.linspace(0.05, 0.95, 6)
+    augment = {"train": True, "hflip": True, "crop_scale": (0.5, 1.0), "brightness": 0.2} if train else {}
+    paths = np.array([str(tmp_path / "src-train" / p) for p in labels["image"]])
+    from_csv = DecodeImages(24, **augment)({"path": paths, **({"aug_seed": seeds} if train else {})})
+    shard_batch = {**batch_of(shards.shards[0], n=6), **({"aug_seed": seeds} if train else {})}
+    from_shard = DecodeShardSamples(24, CLASSES, label="cls", image_exts=("png",), **augment)(shard_batch)
+    assert from_shard["_keep"].all() and from_csv["image"].shape == (6, 24, 24, 3)
+    np.testing.assert_array_equal(from_shard["image"], from_csv["image"])
+    assert from_shard["y_label"].tolist() == [CLASSES.index(c) for c in labels["label"]]
+    if train:  # augmented indeed: not the plain resize
+        plain = DecodeImages(24)({"path": paths})
+        assert not np.array_equal(plain["image"], from_csv["image"])

@@ -238,9 +238,14 @@ def _cmd_backbones(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from prism.cli.demo import run_demo
+    if args.which == "sketches":
+        from prism.cli.demo_sketches import run_sketches_demo
 
-    run_demo(workdir=args.workdir)
+        run_sketches_demo(workdir=args.workdir, overrides=args.overrides, serve_port=args.port)
+    else:
+        from prism.cli.demo import run_demo
+
+        run_demo(workdir=args.workdir, overrides=args.overrides, serve_port=args.port)
     return 0
 
 
@@ -375,8 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list registered backbones")
     p.set_defaults(fn=_cmd_backbones)
 
-    p = sub.add_parser("demo", help="synthetic data → 2-worker training → registry → Serve → HTTP predictions (embedded defaults)")
-    p.add_argument("--workdir", type=Path, default=Path("."))
+    p = sub.add_parser("demo", help="synthetic data → 2-worker training → registry → Serve → HTTP predictions (embedded defaults)",
+                       description="The whole path on embedded defaults (local Ray, SQLite MLflow in the working "
+                       "folder, synthetic data), narrated. circles: the multi-head circle classifier "
+                       "(jobs/circles.yaml). sketches: single-label classification of 10 sketch classes "
+                       "(jobs/sketches.yaml), then two new classes added while serving from 5 drawings each "
+                       "(POST /classes) and ranked by prototype, without retraining.")
+    p.add_argument("which", nargs="?", choices=["circles", "sketches"], default="circles",
+                   help="which demo (default: circles)")
+    p.add_argument("--workdir", type=Path, default=Path("."), help="the project's root folder (jobs/, serve_configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the demo's job, after its name (e.g. prism demo sketches data.synthetic.n=400)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the Serve app (default 8000)")
     p.set_defaults(fn=_cmd_demo)
     return parser
 
