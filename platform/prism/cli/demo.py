@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEMO_OVERRIDES", "held_out_report", "run_demo"]
+__all__ = ["DEMO_OVERRIDES", "finish_demo", "held_out_report", "load_demo_job", "run_demo"]
 
 DEMO_JOB = Path("jobs/circles.yaml")
 SERVE_CONFIG = Path("serve_configs/circles.yaml")
@@ -46,23 +46,38 @@ def held_out_report(cfg, val, results: list[dict]) -> list[str]:
     return lines
 
 
+def load_demo_job(workdir: Path, job: Path, serve_config: Path, overrides: list[str] | None):
+    """``chdir`` to ``workdir``, check it holds ``job`` and ``serve_config``, and load ``job`` with the demo's
+    2-worker overrides, then the user's."""
+    from prism.config import load_config
+
+    os.chdir(workdir)
+    for needed in (job, serve_config):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: run the demo from the project's root folder")
+    return load_config(job, [*DEMO_OVERRIDES, *(overrides or [])])
+
+
+def finish_demo(outcome, model_name: str) -> None:
+    """The demo's closing lines: best metric, registered version, how to browse it all."""
+    from prism.tracking import browse_command, configure_tracking
+
+    print(f"[prism] demo done: best {outcome.metric} {outcome.best_metric:.3f}; "
+          f"model version {outcome.model_version} of '{model_name}'")
+    print(f"[prism] browse runs and registered models: {browse_command(configure_tracking())}")
+
+
 def run_demo(workdir: Path = Path("."), overrides: list[str] | None = None, serve_port: int = 8000) -> None:
     """Run the demo in ``workdir`` (which must hold ``jobs/circles.yaml`` and ``serve_configs/``)."""
     from ray import serve
 
-    from prism.config import load_config
     from prism.data import split_labels
     from prism.engine.driver import run_training
     from prism.serve import run_local
     from prism.tasks import build_task
     from prism.tasks.multihead.client import classify_circles
-    from prism.tracking import browse_command, configure_tracking
 
-    os.chdir(workdir)
-    for needed in (DEMO_JOB, SERVE_CONFIG):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: run the demo from the project's root folder")
-    cfg = load_config(DEMO_JOB, [*DEMO_OVERRIDES, *(overrides or [])])
+    cfg = load_demo_job(workdir, DEMO_JOB, SERVE_CONFIG, overrides)
     print("[prism] demo 1/3 — training: tiny random-init DINOv2-architecture backbone on synthetic circles, "
           f"{cfg.train.num_workers} Ray Train workers (the scores show the pipeline learns, not what DINOv2 "
           "can do)", flush=True)
@@ -83,6 +98,4 @@ def run_demo(workdir: Path = Path("."), overrides: list[str] | None = None, serv
                   f"{cfg.task.heads[0].classes[int(row['y_presence'])]}]")
     finally:
         serve.shutdown()
-    print(f"[prism] demo done: best {outcome.metric} {outcome.best_metric:.3f}; "
-          f"model version {outcome.model_version} of '{cfg.tracking.model_name}'")
-    print(f"[prism] browse runs and registered models: {browse_command(configure_tracking())}")
+    finish_demo(outcome, cfg.tracking.model_name)

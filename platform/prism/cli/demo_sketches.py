@@ -9,7 +9,6 @@ nearest class prototype (``zero_shot=true``), against chance.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ __all__ = ["NEW_CLASSES", "SHOTS", "post_images", "run_sketches_demo", "top_k_re
 
 DEMO_JOB = Path("jobs/sketches.yaml")
 SERVE_CONFIG = Path("serve_configs/classify.yaml")
-DEMO_OVERRIDES = ["train.num_workers=2", "train.cpus_per_worker=0.5"]
 NEW_CLASSES = ("umbrella", "star")
 """Classes the demo adds while serving: not among ``jobs/sketches.yaml``'s classes (checked)."""
 SHOTS = 5
@@ -74,18 +72,13 @@ def run_sketches_demo(workdir: Path = Path("."), overrides: list[str] | None = N
     """Run the demo in ``workdir`` (which must hold ``jobs/sketches.yaml`` and ``serve_configs/``)."""
     from ray import serve
 
-    from prism.config import load_config
+    from prism.cli.demo import finish_demo, load_demo_job
     from prism.data import split_labels
     from prism.engine.driver import run_training
     from prism.serve import run_local
     from prism.tasks import build_task
-    from prism.tracking import browse_command, configure_tracking
 
-    os.chdir(workdir)
-    for needed in (DEMO_JOB, SERVE_CONFIG):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: run the demo from the project's root folder")
-    cfg = load_config(DEMO_JOB, [*DEMO_OVERRIDES, *(overrides or [])])
+    cfg = load_demo_job(workdir, DEMO_JOB, SERVE_CONFIG, overrides)
     classes = list(cfg.task.classes)
     if set(NEW_CLASSES) & set(classes):
         raise ValueError(f"the demo adds {list(NEW_CLASSES)} while serving: leave them out of task.classes")
@@ -116,6 +109,4 @@ def run_sketches_demo(workdir: Path = Path("."), overrides: list[str] | None = N
             print("  " + top_k_report([n for n, _ in queries], answers, 1, len(NEW_CLASSES)))
     finally:
         serve.shutdown()
-    print(f"[prism] demo done: best {outcome.metric} {outcome.best_metric:.3f}; "
-          f"model version {outcome.model_version} of '{cfg.tracking.model_name}'")
-    print(f"[prism] browse runs and registered models: {browse_command(configure_tracking())}")
+    finish_demo(outcome, cfg.tracking.model_name)
