@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-import boto3
 import pytest
 from ray.train import UserCallback
 
 from prism.config import JobConfig
 from prism.data.webdataset import in_val_split
 from prism.tasks import build_task
-from tests.helpers.ray_procs import free_port
+from tests.helpers.s3 import s3_server
 from tests.helpers.shards import CLASSES, members, rewrite, sketch_shards
 
 pytestmark = pytest.mark.ray
@@ -76,42 +75,41 @@ def test_bad_samples_name_shard_and_key_or_are_skipped_and_counted(ray_local, tm
     assert table["shard"][0].endswith("train-000001.tar") and "undecodable image" in table["reason"][0]
 
 
-def test_shards_on_a_local_s3_server(ray_local, shards, monkeypatch):
-    """The shards in a bucket of moto's S3 server; the read runs under the runtime env a job would get
+def test_shards_and_csv_images_on_a_local_s3_server(ray_local, shards, monkeypatch, tmp_path):
+    """The shards, and the images of a labels CSV that lists them by URI, in a bucket of moto's S3 server;
+    the reads run under the runtime env a job would get
     (``ray job submit --runtime-env-json '{"env_vars": {"AWS_ENDPOINT_URL": …}}'``)."""
+    import pandas as pd
     import ray
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "prism-test",
-           "AWS_SECRET_ACCESS_KEY": "prism-test", "AWS_DEFAULT_REGION": "us-east-1"}
-    try:
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="prism-test", aws_secret_access_key="prism-test")
-        s3.create_bucket(Bucket="prism-shards")
+    with s3_server("prism-shards") as (env, s3):
         for p in shards.shards:
             s3.upload_file(str(p), "prism-shards", f"sketches/{p.name}")
         pattern = "s3://prism-shards/sketches/train-{000000..000003}.tar"
+        local = pd.read_csv(shards.shards[0].parent.parent / "src-train" / "labels.csv")
+        for rel in local["image"]:
+            s3.upload_file(str(shards.shards[0].parent.parent / "src-train" / rel), "prism-shards", f"png/{rel}")
+        csv = tmp_path / "uris.csv"
+        local.assign(image=[f"s3://prism-shards/png/{rel}" for rel in local["image"]]).to_csv(csv, index=False)
 
         @ray.remote(num_cpus=0, runtime_env={"env_vars": env})
-        def read(pattern: str) -> tuple[dict, dict]:
+        def read(pattern: str) -> tuple[dict, dict, int]:
             data = build_task(job(pattern)).build_datasets(28)
-            return dict(labels(data.train)), dict(labels(data.val))
+            from_csv = build_task(JobConfig.model_validate({
+                **job(pattern).model_dump(mode="json"), "data": {"labels": str(csv), "val_fraction": 0.25}}))
+            csv_data = from_csv.build_datasets(28)  # every image checked (decoded) in Ray tasks first
+            n_csv = len(csv_data.train.to_pandas()) + len(csv_data.val.to_pandas())
+            return dict(labels(data.train)), dict(labels(data.val)), n_csv
 
-        train, val = ray.get(read.remote(pattern))
+        train, val, n_csv = ray.get(read.remote(pattern))
         want_train, want_val = expected(shards.shards, 0.25)
         assert Counter(train) == want_train and Counter(val) == want_val  # same split as on local disk
+        assert n_csv == 60  # every URI found and decoded from the bucket
 
         for k, v in env.items():  # the driver's own check of the shards, in the driver's environment
             monkeypatch.setenv(k, v)
         with pytest.raises(FileNotFoundError, match=r"6 of 10 shard\(s\) not found:\n  s3://prism-shards/"):
             build_task(job("s3://prism-shards/sketches/train-{000000..000009}.tar")).build_datasets(28)
-    finally:
-        server.stop()
-
-
 
 class FailedAttempts(UserCallback):
     """Ray Train callback (it runs on the controller): one line in ``path`` per failed attempt."""

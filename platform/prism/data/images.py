@@ -31,9 +31,9 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 def read_bytes(path: str) -> bytes:
     """Bytes of a local path or a URI that pyarrow understands (``s3://``, ``gs://``, ``hdfs://``)."""
     if "://" in path:
-        import pyarrow.fs as pafs
+        from prism.data.uris import open_filesystem
 
-        fs, inner = pafs.FileSystem.from_uri(path)
+        fs, inner = open_filesystem(path)
         with fs.open_input_stream(inner) as f:
             return f.read()
     with open(path, "rb") as f:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from prism.data.uris import files_exist, is_uri
+
 __all__ = ["BadRowsError", "LabelTable", "read_label_table"]
 
 log = logging.getLogger(__name__)
@@ -82,13 +84,14 @@ def read_label_table(csv_path: Path, image_column: str, label_columns: list[str]
     root = Path(image_root if image_root is not None else csv_path.parent).resolve()
     df = df[[image_column, *label_columns]].rename(columns={image_column: "image"})
     df.insert(0, "line", df.index + 2)
-    df["path"] = [str(p if Path(p).is_absolute() else (root / p).resolve()) for p in df["image"]]
+    # URIs (s3://bucket/key, gs://…) and absolute paths as they are; relative paths under root
+    df["path"] = [p if is_uri(p) or Path(p).is_absolute() else str((root / p).resolve()) for p in df["image"]]
     table = LabelTable(df.reset_index(drop=True))
 
     reasons = pd.Series([""] * len(df), index=df.index, dtype=object)
     empty = df["image"].str.strip() == ""
     reasons[empty] += "empty image path; "
-    exists = pd.Series([Path(p).is_file() for p in df["path"]], index=df.index)
+    exists = pd.Series(files_exist(list(df["path"])), index=df.index)
     missing_file = ~exists & ~empty
     reasons[missing_file] += "file not found: " + df.loc[missing_file, "path"] + "; "
     reasons += unknown_labels(df)

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,13 +29,14 @@ import pandas as pd
 
 from prism.data.images import DecodeImages, decode_image
 from prism.data.table import BadRowsError
+from prism.data.uris import open_filesystem
 
 if TYPE_CHECKING:
     from prism.config import JobConfig
     from prism.tasks.base import Task
 
 __all__ = ["DecodeShardSamples", "ShardCheck", "build_webdataset", "check_shards", "expand_shards",
-           "in_val_split", "open_filesystem"]
+           "in_val_split"]
 
 log = logging.getLogger(__name__)
 TAR_BLOCK = 512
@@ -50,15 +50,6 @@ def expand_shards(patterns: list[str]) -> list[str]:
     from braceexpand import braceexpand
 
     return list(dict.fromkeys(name for pattern in patterns for name in braceexpand(pattern)))
-
-
-def open_filesystem(path: str):
-    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI (``s3://``, ``gs://`` …)."""
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).resolve())
 
 
 @dataclass

@@ -46,7 +46,8 @@ def read_held_out_shards(patterns: Sequence[str], classes: Sequence[str]) -> Ite
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     from prism.data.shards import IMAGE_EXTS
-    from prism.data.webdataset import check_shards, expand_shards, open_filesystem
+    from prism.data.uris import open_filesystem
+    from prism.data.webdataset import check_shards, expand_shards
 
     index = {c: i for i, c in enumerate(classes)}
     for shard in check_shards(expand_shards(list(patterns))).shards:
