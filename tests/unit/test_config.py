@@ -102,3 +102,19 @@ def test_shipped_job_specs_load_and_their_plans_fit_their_models(job, tmp_path, 
         (tmp_path / classes_file).write_text("\n".join(f"class_{i}" for i in range(275)) + "\n")
     cfg = load_config(job)
     check_plan(cfg, build_task(cfg))  # on the meta device: groups, learning rates, blocks
+
+
+def test_a_task_config_module_may_be_a_program_s_first_import():
+    """``prism.config`` loads its names on first use: importing a task's config module first (it imports
+    ``prism.config.schema``, and the job spec imports every task's config module) is not circular."""
+    import subprocess
+    import sys
+
+    from prism.tasks.registry import _TASKS
+
+    for entry in _TASKS.values():
+        module, attr = entry.config.split(":")
+        code = f"import sys; from {module} import {attr}; from prism.config import JobConfig; " \
+               "assert 'torch' not in sys.modules"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (entry.name, out.stderr[-1500:])
