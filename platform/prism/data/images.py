@@ -30,9 +30,9 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 def read_bytes(path: str) -> bytes:
     """Bytes of a local path or a URI that pyarrow understands (``s3://``, ``gs://``, ``hdfs://``)."""
-    if "://" in path:
-        from prism.data.uris import open_filesystem
+    from prism.data.uris import is_uri, open_filesystem
 
+    if is_uri(path):
         fs, inner = open_filesystem(path)
         with fs.open_input_stream(inner) as f:
             return f.read()

@@ -1,7 +1,8 @@
 """Local paths and object-store URIs (``s3://``, ``gs://``, ``hdfs://`` — what pyarrow opens), alike.
 
 Credentials are pyarrow's usual ones (instance roles, ``AWS_*`` variables; ``AWS_ENDPOINT_URL`` for an
-S3-compatible server). A filesystem is made once per scheme and bucket in a process, not once per file.
+S3-compatible server). An ``s3://`` or ``gs://`` filesystem is made once per bucket in a process, not once
+per file; other schemes (``hdfs://`` …) once per call.
 """
 
 from __future__ import annotations
