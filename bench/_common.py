@@ -36,7 +36,8 @@ CACHE = ROOT / "bench" / ".cache"
 __all__ = ["CACHE", "RESULTS", "ROOT", "BenchResult", "Row", "bench_parser", "git_revision", "machine",
            "make_jpegs", "time_call", "write_result"]
 
-LOWER_IS_BETTER = {"s", "ms", "seconds"}
+LOWER_IS_BETTER = {"s", "ms", "seconds", "MiB"}
+"""Units of costs (time, memory): their ratio is reference / Prism, so > 1 still means Prism is ahead."""
 
 
 @dataclass

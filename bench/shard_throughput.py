@@ -388,8 +388,8 @@ def build_result(runs: dict[int, dict[str, list[dict[str, float]]]], rest: dict[
                 med(n, "reference"), target=1.0, **train) for n in counts]
     rows += [Row(f"validation dataset images/s, {n} shards x {per_shard}", "images/s", med(n, "prism_val"),
                  med(n, "reference"), **val) for n in counts]
-    rows += [_lower_is_better(Row(f"peak RSS of the process tree, {n} shards (training dataset)", "MiB",
-                                  peak(n, "prism_train"), peak(n, "reference"), **train)) for n in counts]
+    rows += [Row(f"peak RSS of the process tree, {n} shards (training dataset)", "MiB",
+                 peak(n, "prism_train"), peak(n, "reference"), **train) for n in counts]
     rows += [
         Row(f"peak RSS flatness: peak at {lo} / peak at {hi} shards (≥ {1 / RSS_GROWTH_TARGET:.2f} ⇔ "
             f"growth ≤ {RSS_GROWTH_TARGET}x)", "x", 1 / growth["peak_rss_mib"]["prism_train"],
@@ -448,13 +448,6 @@ def build_result(runs: dict[int, dict[str, list[dict[str, float]]]], rest: dict[
                  "runs": {str(n): {side: [rounded(r) for r in rs] for side, rs in sides.items()}
                           for n, sides in runs.items()}},
     )
-
-
-def _lower_is_better(row: Row) -> Row:
-    """A memory row with ``ratio = reference / prism`` (> 1: Prism uses less), as for times."""
-    if row.prism > 0 and row.reference > 0:
-        row.ratio = row.reference / row.prism
-    return row
 
 
 if __name__ == "__main__":

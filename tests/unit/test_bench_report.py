@@ -23,6 +23,7 @@ from report import BEGIN, END, load_results, render, update_doc  # noqa: E402
         ("FLOP/s", 5e10, 1e11, 0.5),
         ("ms", 20.0, 10.0, 0.5),          # time: reference / prism (Prism twice as slow)
         ("s", 10.0, 20.0, 2.0),
+        ("MiB", 4000.0, 2000.0, 0.5),     # memory: reference / prism (Prism uses twice as much)
     ],
 )
 def test_ratio_is_above_one_when_prism_is_ahead(unit, prism, reference, ratio):
