@@ -15,7 +15,7 @@ RUN := $(UV) run --frozen
 
 # Every benchmark, in this order (serving twice: the tiny demo model, where HTTP dominates, and ViT-S/14),
 # then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: about a minute each.
-BENCHES := train_throughput data_throughput shard_throughput serve_throughput model_flops
+BENCHES := train_throughput data_throughput shard_throughput serve_throughput model_flops pca_throughput features_extract
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -45,4 +45,4 @@ bench: install
 	$(RUN) python bench/report.py
 
 clean:
-	rm -rf prism_runs prism_data prism_eval .pytest_cache
+	rm -rf prism_runs prism_data prism_eval prism_features .pytest_cache

@@ -19,7 +19,8 @@ from _common import RESULTS, ROOT
 
 BEGIN = "<!-- results:begin (written by bench/report.py from bench/results/*.json; edits here are lost) -->"
 END = "<!-- results:end -->"
-ORDER = ["train_throughput", "data_throughput", "shard_throughput", "serve_throughput", "model_flops"]
+ORDER = ["train_throughput", "data_throughput", "shard_throughput", "serve_throughput", "model_flops", "pca_throughput",
+         "features_extract"]
 
 SKELETON = f"""# Benchmarks
 

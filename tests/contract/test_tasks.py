@@ -102,11 +102,13 @@ def test_predictions_postprocess_to_json(case):
 def test_bundle_round_trip_predicts_the_same(case, tmp_path):
     task, model, batch = case
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    with torch.no_grad():  # make the saved weights matter: heads and LoRA B away from their init
-        gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # make the saved state matter: heads, LoRA B and the heads' float buffers (a
+        gen = torch.Generator().manual_seed(1)  # PCA basis, which the task's artifacts carry) off their init
         for n, p in model.named_parameters():
             if n in names:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        for _, b in heads_buffers(model):
+            b.add_(torch.randn(b.shape, generator=gen) * 0.05)
     write_bundle(tmp_path, task.cfg, task, model, names)
     _, task2, model2 = load_bundle(tmp_path)
     (inputs, _), = batches(task, batch, batch_size=N)
@@ -119,8 +121,15 @@ def test_bundle_round_trip_predicts_the_same(case, tmp_path):
         for n, p in untrained.named_parameters():
             if n.startswith("heads."):
                 p.zero_()
+        for _, b in heads_buffers(untrained):
+            b.zero_()
     c = predict_batch(task2, untrained, x)
     assert any(not torch.allclose(c[k], a[k]) for k in a), "the bundle's weights must change predictions"
+
+
+def heads_buffers(model) -> list[tuple[str, torch.Tensor]]:
+    """The heads' floating-point buffers (state that is not a parameter, e.g. a fitted basis)."""
+    return [(n, b) for n, b in model.named_buffers() if n.startswith("heads.") and b.is_floating_point()]
 
 
 def png(array: np.ndarray) -> bytes:

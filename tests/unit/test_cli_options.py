@@ -24,3 +24,11 @@ def test_predict_takes_the_tasks_options_and_names_the_accepted_ones(tmp_path, c
     assert "colour: Extra inputs are not permitted" in err and "task 'multihead' accepts: top_k, tta" in err
     assert main(["predict", "--model", str(bundle), str(images[0]), "--option", "top_k"]) == 2
     assert "must look like key=value" in capsys.readouterr().err
+
+
+def test_train_on_a_features_job_points_to_prism_features(capsys):
+    from prism.cli.main import main
+    from tests.conftest import ROOT
+
+    assert main(["train", str(ROOT / "jobs" / "faces_pca.yaml")]) == 2
+    assert "task 'features' does not train; run `prism features pca" in capsys.readouterr().err

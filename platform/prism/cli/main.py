@@ -23,6 +23,7 @@ EPILOG = """examples:
   prism data synth circles --n 600 --out data/circles
   prism serve serve_configs/circles.yaml --port 8000    HTTP API on Ray Serve (OpenAPI docs at /docs)
   prism export --model models:/circles@champion --out exported/   LoRA merged, plain safetensors
+  prism features pca jobs/faces_pca.yaml                PCA of patch features over a collection (no training)
   prism backbones                                       list registered backbones
 """
 
@@ -45,6 +46,8 @@ def _cmd_train(args) -> int:
     from prism.engine.driver import run_training
 
     cfg = load_config(args.job, args.overrides)
+    if not type(cfg.task).trains:
+        raise ConfigError(f"task '{cfg.task.name}' does not train; run `prism features pca {args.job}`")
     run_training(cfg, job_file=str(args.job))
     return 0
 
@@ -361,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-shard", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_quickdraw)
+
+    from prism.cli.features import add_features_parser
+
+    add_features_parser(sub)
 
     p = sub.add_parser("export", help="merge LoRA into the backbone and write plain safetensors weights")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from prism.config.schema import StrictModel
 
-__all__ = ["AugmentConfig", "DataConfig", "SyntheticDataConfig", "WebDatasetConfig"]
+__all__ = ["AugmentConfig", "DataConfig", "ImagesConfig", "SyntheticDataConfig", "VideoConfig", "WebDatasetConfig"]
 
 
 class SyntheticDataConfig(StrictModel):
@@ -77,14 +77,50 @@ class WebDatasetConfig(StrictModel):
         return [v] if isinstance(v, str) else v
 
 
+class ImagesConfig(StrictModel):
+    """An unlabelled image collection (``data.source: images``): the files under ``data.root`` or the ones a
+    list file names."""
+
+    list_file: Path | None = Field(
+        default=None, description="A text file naming one image per line (relative to data.root, or to the "
+        "list's folder when root is unset); None = every image under data.root.",
+    )
+    recursive: bool = Field(default=True, description="Search data.root's subfolders too.")
+    extensions: list[str] = Field(
+        default_factory=lambda: ["jpg", "jpeg", "png", "webp", "bmp"], min_length=1,
+        description="Image file extensions (case-insensitive).",
+    )
+    layout: Literal["flat", "subject_clip_frame"] = Field(
+        default="flat", description="subject_clip_frame: files are root/<subject>/<clip>/<frame> (a face-video "
+        "collection); the counts of subjects and clips are recorded.",
+    )
+
+
+class VideoConfig(StrictModel):
+    """Video files (``data.source: video``), decoded frame by frame in order."""
+
+    paths: list[str] = Field(
+        default_factory=list, description="Video files or glob patterns; relative ones are under data.root. "
+        "Empty = every video under data.root.",
+    )
+    extensions: list[str] = Field(default_factory=lambda: ["mp4", "avi", "mov", "mkv", "webm"], min_length=1)
+    frame_stride: int = Field(default=1, ge=1, description="Keep every n-th frame.")
+    fps: int | None = Field(
+        default=None, gt=0, description="Keep about this many frames a second instead (every round(source fps "
+        "/ fps)-th frame); None = frame_stride.")
+
+
 class DataConfig(StrictModel):
     """Where images and labels come from and how they are split and fed."""
 
-    source: Literal["csv", "webdataset"] = Field(
-        default="csv", description="csv: an image folder + labels CSV (data.root / data.labels); webdataset: "
-        "tar shards (data.webdataset).",
+    source: Literal["csv", "webdataset", "images", "video"] | None = Field(
+        default=None, description="csv: an image folder + labels CSV (data.root / data.labels); webdataset: "
+        "tar shards (data.webdataset); images: an unlabelled image collection (data.images); video: video "
+        "files (data.video). None = the first the task reads (csv for the classifiers, images for features).",
     )
     webdataset: WebDatasetConfig = Field(default_factory=WebDatasetConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
 
     root: Path | None = Field(
         default=None,

@@ -235,6 +235,8 @@ class JobConfig(StrictModel):
         if not trains and self.stages:
             raise ValueError(f"task '{self.task.name}' does not train; set stages: []")
         sources = type(self.task).data_sources
+        if self.data.source is None:
+            self.data.source = sources[0]
         if self.data.source not in sources:
             raise ValueError(f"data.source: task '{self.task.name}' reads {' or '.join(sources)}, not "
                              f"'{self.data.source}'")

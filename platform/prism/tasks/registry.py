@@ -79,3 +79,5 @@ register_task("multihead", config="prism.tasks.multihead.config:MultiHeadTaskCon
               task="prism.tasks.multihead.task:MultiHeadTask")
 register_task("classify", config="prism.tasks.classify.config:ClassifyTaskConfig",
               task="prism.tasks.classify.task:ClassifyTask")
+register_task("features", config="prism.tasks.features.config:FeaturesTaskConfig",
+              task="prism.tasks.features.task:FeaturesTask")
