@@ -20,7 +20,7 @@ from _common import RESULTS, ROOT
 BEGIN = "<!-- results:begin (written by bench/report.py from bench/results/*.json; edits here are lost) -->"
 END = "<!-- results:end -->"
 ORDER = ["train_throughput", "data_throughput", "shard_throughput", "serve_throughput", "model_flops", "pca_throughput",
-         "features_extract"]
+         "features_extract", "deformable_attention"]
 
 SKELETON = f"""# Benchmarks
 
