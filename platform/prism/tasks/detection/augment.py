@@ -48,7 +48,7 @@ class BoxTransform:
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         h, w = image.shape[:2]
-        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        img = tv_tensors.Image(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))  # own copy
         bx = tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYWH",
                                       canvas_size=(h, w))
         sample = {"image": img, "boxes": bx, "labels": torch.as_tensor(labels, dtype=torch.int64)}
