@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import ROOT, BenchResult, Row, bench_parser, make_jpegs, write_result
+from _common import ROOT, BenchResult, Row, TreeRss, bench_parser, make_jpegs, write_result
 
 THROUGHPUT_TARGET = 0.9
 MEMORY_TARGET = 0.9
@@ -98,7 +98,6 @@ def prism_run(cfg) -> tuple[float, float, float]:
 def peak_rss(cfg) -> float:
     """Peak MiB of this process tree while fit_pca runs."""
     from prism.tasks.features.run import fit_pca
-    from shard_throughput import TreeRss
 
     with TreeRss() as rss:
         fit_pca(cfg, progress=False)

@@ -27,25 +27,31 @@ growth with the shard count. Writes ``bench/results/shard_throughput.json``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _common import CACHE, ROOT, BenchResult, Row, bench_parser, git_revision, write_result
+from _common import (
+    CACHE,
+    ROOT,
+    SAMPLE_EVERY_S,
+    BenchResult,
+    Row,
+    TreeRss,
+    bench_parser,
+    git_revision,
+    write_result,
+)
 from prism.config import load_config
 
 BATCH = 64
 IMAGE_PX = 64  # the rendered sketches
 SHUFFLE_BUFFER = 256  # the reference's sample shuffle buffer (Prism: data.shuffle_buffer, 256 by default)
-SAMPLE_EVERY_S = 0.1
-RELIST_EVERY_S = 0.5
 MIB = 2**20
 RSS_GROWTH_TARGET = 1.2  # peak RSS at the most shards ≤ 1.2 × the peak at 8 shards
 SIDES = ("prism_train", "prism_val", "reference")
@@ -80,98 +86,6 @@ def make_shards(n_shards: int, per_shard: int, classes: list[str]) -> list[Path]
 
 
 # -- memory ----------------------------------------------------------------------------------------
-
-class TreeRss:
-    """Peak RSS of a set of processes, sampled every :data:`SAMPLE_EVERY_S` in a background thread.
-
-    The set is this process and its descendants, minus the subtrees of ``exclude`` (pids of direct
-    children: Ray's own processes while the reference runs) when given; it is re-listed every
-    :data:`RELIST_EVERY_S` (listing walks all of ``/proc``; reading one process's RSS is cheap). RSS counts
-    pages shared between processes (fork copy-on-write, Ray's shared-memory object store) once per process
-    that touches them.
-    """
-
-    def __init__(self, exclude: set[int] | None = None):
-        import psutil
-
-        self.me = psutil.Process()
-        self.exclude = exclude or set()
-        self.peak = self.peak_driver = self.peak_anon = 0
-        self.samples = 0
-        self._procs: list = []
-        self._listed = 0.0
-        self._relist_now = threading.Event()
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _relist(self) -> None:
-        import psutil
-
-        children: dict[int, list[int]] = {}
-        for p in psutil.process_iter(["ppid"]):
-            children.setdefault(p.info["ppid"], []).append(p.pid)
-        pids, todo = [self.me.pid], [c for c in children.get(self.me.pid, []) if c not in self.exclude]
-        while todo:
-            pid = todo.pop()
-            pids.append(pid)
-            todo += children.get(pid, [])
-        known = {p.pid: p for p in [self.me, *self._procs]}
-        self._procs = []
-        for pid in pids:
-            with contextlib.suppress(psutil.Error):  # exited since the listing
-                self._procs.append(known.get(pid) or psutil.Process(pid))
-        self._listed = time.monotonic()
-
-    def sample(self) -> int:
-        import psutil
-
-        if self._relist_now.is_set() or time.monotonic() - self._listed > RELIST_EVERY_S:
-            self._relist_now.clear()
-            self._relist()
-        total = anon = 0
-        for p in self._procs:
-            try:
-                mem = p.memory_info()
-            except psutil.Error:  # exited in between
-                continue
-            total += mem.rss
-            anon += mem.rss - getattr(mem, "shared", 0)  # Linux: shared = file-backed + shared memory
-            if p.pid == self.me.pid:
-                self.peak_driver = max(self.peak_driver, mem.rss)
-        self.peak = max(self.peak, total)
-        self.peak_anon = max(self.peak_anon, anon)
-        self.samples += 1
-        return total
-
-    def relist_soon(self) -> None:
-        """List the processes again and sample them now, in the sampling thread (call once new ones have
-        started, e.g. at the first batch, when the DataLoader workers run)."""
-        self._relist_now.set()
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(SAMPLE_EVERY_S)
-            self._wake.clear()
-            if self._stop:
-                return
-            self.sample()
-
-    def __enter__(self) -> TreeRss:
-        self.start_rss = self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop = True
-        self._wake.set()
-        self._thread.join()
-        self._relist()
-        self.sample()
-
-
-# -- the sides -------------------------------------------------------------------------------------
 
 def _drain(batches, count, exclude: set[int] | None = None) -> dict[str, float]:
     """Iterate ``batches()`` to the end, timing it from building the iterator; RSS sampled throughout."""
