@@ -13,7 +13,7 @@ EPILOG = """examples:
   prism features pca jobs/faces_pca.yaml data.root=/data/faces task.components=32 backbone.img_size=518
   prism features merge jobs/faces_pca.yaml part1/partials/main-*.safetensors part2/partials/main-*.safetensors
   prism features render --model models:/faces-pca@champion clip.mp4 photos/ --out renders/
-  prism features render --model prism_features/bundle img.jpg --out renders/ --start 1 --n 1 --side-by-side
+  prism features render --model prism_features/faces/bundle img.jpg --out renders/ --start 1 --n 1 --side-by-side
 """
 
 
