@@ -17,7 +17,7 @@ def _cmd_synth(args) -> int:
         options["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     out = SYNTH_GENERATORS[args.generator](args.out, n=args.n, size=args.size, seed=args.seed,
                                            overwrite=args.overwrite, **options)
-    print(f"[prism] wrote {args.n} images and labels.csv to {out}")
+    print(f"[prism] wrote {args.n} images and their labels to {out}")
     return 0
 
 

@@ -10,14 +10,16 @@ from pydantic import Field, field_validator, model_validator
 
 from prism.config.schema import StrictModel
 
-__all__ = ["AugmentConfig", "DataConfig", "ImagesConfig", "SyntheticDataConfig", "VideoConfig", "WebDatasetConfig"]
+__all__ = ["AugmentConfig", "CocoDataConfig", "DataConfig", "ImagesConfig", "SyntheticDataConfig", "VideoConfig",
+           "WebDatasetConfig"]
 
 
 class SyntheticDataConfig(StrictModel):
     """Data made by a generator when no dataset is given (demos and tests)."""
 
-    generator: Literal["circles", "sketches"] | None = Field(
-        default=None, description="None = the task's generator (multihead: circles, classify: sketches)."
+    generator: Literal["circles", "sketches", "shapes"] | None = Field(
+        default=None, description="None = the task's generator (multihead: circles, classify: sketches, "
+        "detection: shapes)."
     )
     n: int = Field(default=600, ge=10)
     size: int = Field(default=128, ge=16)
@@ -77,6 +79,23 @@ class WebDatasetConfig(StrictModel):
         return [v] if isinstance(v, str) else v
 
 
+class CocoDataConfig(StrictModel):
+    """COCO detection data (``data.source: coco``): ``instances_*.json`` files and their image folders."""
+
+    train: Path | None = Field(default=None, description="Training annotations (instances_train2017.json); "
+                               "None = synthetic shapes.")
+    train_images: Path | None = Field(default=None, description="Their image folder; None = the JSON's folder.")
+    val: Path | None = Field(default=None, description="Validation annotations; None = data.val_fraction of the "
+                             "training images, by data.split_seed.")
+    val_images: Path | None = None
+    subset: int | None = Field(default=None, ge=1, description="Train on N images only ('mini' COCO), chosen by "
+                               "subset_seed; their ids are saved to subset_file.")
+    val_subset: int | None = Field(default=None, ge=1, description="Validate on the first N validation images.")
+    subset_seed: int = 0
+    subset_file: Path | None = Field(default=None, description="Where the subset's image ids are saved; when it "
+                                     "exists, those ids are reloaded (exact reproduction).")
+
+
 class ImagesConfig(StrictModel):
     """An unlabelled image collection (``data.source: images``): the files under ``data.root`` or the ones a
     list file names."""
@@ -113,13 +132,14 @@ class VideoConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where images and labels come from and how they are split and fed."""
 
-    source: Literal["csv", "webdataset", "images", "video"] | None = Field(
+    source: Literal["csv", "webdataset", "images", "video", "coco"] | None = Field(
         default=None, description="csv: an image folder + labels CSV (data.root / data.labels); webdataset: "
         "tar shards (data.webdataset); images: an unlabelled image collection (data.images); video: video "
-        "files (data.video). None = the first the task reads (csv for the classifiers, images for features).",
+        "files (data.video); coco: COCO detection JSON (data.coco). None = the first the task reads (csv for the classifiers, images for features).",
     )
     webdataset: WebDatasetConfig = Field(default_factory=WebDatasetConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    coco: CocoDataConfig = Field(default_factory=CocoDataConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
 
     root: Path | None = Field(

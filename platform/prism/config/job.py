@@ -244,6 +244,7 @@ class JobConfig(StrictModel):
             raise ValueError("data.webdataset.train: give the training shards (data.source is webdataset)")
         if self.data.synthetic.generator is None:
             self.data.synthetic.generator = type(self.task).synthetic_generator
+        self.task.complete(self.data)
         if self.train.metric is None:
             self.train.metric = type(self.task).default_metric
         if self.train.mode is None:

@@ -31,6 +31,12 @@ class TaskConfig(StrictModel):
     synthetic_generator: ClassVar[str] = "circles"
     """The synthetic data generator (``prism.data.synth``) a job of this task uses when it names no data."""
 
+    def complete(self, data: Any) -> None:
+        """Fill what the task reads from its data section before anything is built (``data``: the job's
+        :class:`~prism.config.data.DataConfig`), e.g. detection's categories from the COCO file, so that the
+        resolved config — and every bundle — carries them. Nothing by default."""
+        return None
+
     def synthetic_options(self) -> dict[str, Any]:
         """Keyword arguments for :attr:`synthetic_generator` that make its data fit this config (e.g. the
         class names); JSON-able, they enter the name of the cached folder."""

@@ -81,3 +81,5 @@ register_task("classify", config="prism.tasks.classify.config:ClassifyTaskConfig
               task="prism.tasks.classify.task:ClassifyTask")
 register_task("features", config="prism.tasks.features.config:FeaturesTaskConfig",
               task="prism.tasks.features.task:FeaturesTask")
+register_task("detection", config="prism.tasks.detection.config:DetectionTaskConfig",
+              task="prism.tasks.detection.task:DetectionTask")

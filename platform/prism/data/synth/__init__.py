@@ -1,7 +1,7 @@
 """Synthetic data sets generated on the fly (no download), for demos, tests and smoke runs.
 
 ``SYNTH_GENERATORS`` maps a generator name to ``fn(out_dir, n, size, seed, progress, overwrite, **options)
--> out_dir``; each writes ``out_dir/images/*.png`` and ``out_dir/labels.csv`` (``options``: what the task
+-> out_dir``; each writes ``out_dir/images/*.png`` and ``out_dir/labels.csv`` (``shapes``: ``out_dir/instances.json``, COCO) (``options``: what the task
 config asks for, e.g. the class names of ``sketches``).
 """
 
@@ -23,6 +23,7 @@ from prism.data.synth.circles import (
     render_circle_spec,
     sample_circle_spec,
 )
+from prism.data.synth.shapes import generate_shapes
 from prism.data.synth.sketches import generate_sketches, write_sketch_ndjson
 
 __all__ = [
@@ -39,11 +40,13 @@ __all__ = [
     "get_synth_generator",
     "render_circle_spec",
     "sample_circle_spec",
+    "generate_shapes",
     "generate_sketches",
     "write_sketch_ndjson",
 ]
 
-SYNTH_GENERATORS: dict[str, Callable[..., Path]] = {"circles": generate_circles, "sketches": generate_sketches}
+SYNTH_GENERATORS: dict[str, Callable[..., Path]] = {"circles": generate_circles, "sketches": generate_sketches,
+                                                    "shapes": generate_shapes}
 
 
 def get_synth_generator(name: str) -> Callable[..., Path]:

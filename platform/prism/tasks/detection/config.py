@@ -77,4 +77,23 @@ class DetectionTaskConfig(TaskConfig):
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     loss: DetectionLossConfig = Field(default_factory=DetectionLossConfig)
     max_detections: int = Field(default=100, ge=1, description="Detections per image (the top (query, class) pairs).")
+
+    def complete(self, data: Any) -> None:
+        """``categories`` from the training COCO file (or the synthetic shapes' own) when unset."""
+        if self.categories is not None:
+            return
+        if data.coco.train is None:
+            from prism.data.synth.shapes import SHAPE_CATEGORIES
+
+            self.categories = [dict(c) for c in SHAPE_CATEGORIES]
+            return
+        import json
+
+        path = data.coco.train
+        try:
+            cats = json.loads(path.read_text())["categories"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"task.categories: cannot read the categories of data.coco.train ({path}): {e}") from None
+        self.categories = sorted(({"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in cats),
+                                 key=lambda c: c["id"])
     score_threshold: float = Field(default=0.0, ge=0, le=1, description="Default of the request option.")

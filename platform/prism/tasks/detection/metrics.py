@@ -39,12 +39,16 @@ class CocoDetectionMetrics(MetricAccumulator):
 
     summable: ClassVar[bool] = False
 
-    def __init__(self, ground_truth: dict[str, Any], category_ids: Sequence[int], canvas: int, k: int = 100):
+    def __init__(self, ground_truth: dict[str, Any] | None, category_ids: Sequence[int], canvas: int, k: int = 100):
         self.ground_truth, self.category_ids, self.canvas, self.k = ground_truth, list(category_ids), canvas, k
         self.detections: list[dict[str, Any]] = []
         self.image_ids: list[int] = []
+        self.gt_images: list[dict[str, Any]] = []
+        self.gt_annotations: list[dict[str, Any]] = []
 
     def update(self, predictions: dict[str, Any], targets: list[dict[str, Any]]) -> None:
+        """``targets`` carry ``image_id`` and the original ``size``; without a ``ground_truth`` dict they are
+        the ground truth too (their canvas boxes mapped back to pixels: the training view, crowd boxes out)."""
         scores, labels, boxes = top_detections(predictions["logits"].float(), predictions["boxes"].float(), self.k)
         for i, t in enumerate(targets):
             size = tuple(int(v) for v in t["size"])  # original (W, H)
@@ -52,16 +56,38 @@ class CocoDetectionMetrics(MetricAccumulator):
             self.detections += to_coco_detections(int(t["image_id"]), image_boxes, scores[i], labels[i], size,
                                                   self.category_ids)
             self.image_ids.append(int(t["image_id"]))
+            if self.ground_truth is None:
+                self._add_ground_truth(t, size)
+
+    def _add_ground_truth(self, target: dict[str, Any], size: tuple[int, int]) -> None:
+        image_id = int(target["image_id"])
+        self.gt_images.append({"id": image_id, "width": size[0], "height": size[1]})
+        gt_boxes = canvas_to_image(torch.as_tensor(target["boxes"]).double().cpu().reshape(-1, 4), size, self.canvas)
+        labels = torch.as_tensor(target["labels"]).reshape(-1)
+        for d in to_coco_detections(image_id, gt_boxes, torch.ones(len(labels)), labels, size, self.category_ids):
+            w, h = d["bbox"][2], d["bbox"][3]
+            self.gt_annotations.append({"image_id": image_id, "category_id": d["category_id"], "bbox": d["bbox"],
+                                        "area": w * h, "iscrowd": 0})
 
     def state(self) -> dict[str, Any]:
-        return {"detections": list(self.detections), "image_ids": list(self.image_ids)}
+        return {"detections": list(self.detections), "image_ids": list(self.image_ids),
+                "gt_images": list(self.gt_images), "gt_annotations": list(self.gt_annotations)}
 
     def merge(self, state: dict[str, Any]) -> None:
         self.detections += state["detections"]
         self.image_ids += state["image_ids"]
+        self.gt_images += state["gt_images"]
+        self.gt_annotations += state["gt_annotations"]
+
+    def truth(self) -> dict[str, Any]:
+        if self.ground_truth is not None:
+            return self.ground_truth
+        anns = [{**a, "id": i + 1} for i, a in enumerate(self.gt_annotations)]
+        return {"images": self.gt_images, "annotations": anns,
+                "categories": [{"id": c, "name": str(c)} for c in self.category_ids]}
 
     def compute(self, prefix: str = "val/") -> dict[str, float]:
         if not self.image_ids:
             return {f"{prefix}{n}": float("nan") for n in STAT_NAMES}
-        stats = coco_box_stats(self.ground_truth, self.detections, sorted(set(self.image_ids)))
+        stats = coco_box_stats(self.truth(), self.detections, sorted(set(self.image_ids)))
         return {f"{prefix}{n}": v for n, v in stats.items()}
