@@ -32,3 +32,22 @@ def test_train_on_a_features_job_points_to_prism_features(capsys):
 
     assert main(["train", str(ROOT / "jobs" / "faces_pca.yaml")]) == 2
     assert "task 'features' does not train; run `prism features pca" in capsys.readouterr().err
+
+
+def test_evaluate_says_what_a_detection_model_offers_instead(tmp_path, capsys):
+    import torch
+
+    from prism.cli.main import main
+    from prism.config import JobConfig
+    from prism.engine.model import build_model
+    from prism.inference.bundle import write_bundle
+    from prism.tasks import task_class
+
+    cfg = JobConfig.model_validate(task_class("detection").example_job())
+    task = task_class("detection")(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    write_bundle(tmp_path / "det", cfg, task, model,
+                 [n for n, p in model.named_parameters() if n.startswith("heads.") or "lora_" in n])
+    assert main(["evaluate", "--model", str(tmp_path / "det"), "--device", "cpu"]) == 2
+    assert "a detection model's COCO AP is measured on its validation split" in capsys.readouterr().err

@@ -28,6 +28,16 @@ EPILOG = """examples:
 """
 
 
+NO_TABLE_EVALUATION = {
+    "detection": "prism evaluate scores labelled tables; a detection model's COCO AP is measured on its validation "
+                 "split during training (val/AP, val/AP50, … in its MLflow run). Evaluating a COCO file with "
+                 "prism evaluate is not built yet.",
+    "features": "a features model has no labels to score; its fit is in pca.json and the MLflow run "
+                "(explained variance per component)",
+}
+"""Tasks whose models ``prism evaluate`` cannot score on a labels table, and what to use instead."""
+
+
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", type=Path, help="job spec YAML (see jobs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -128,6 +138,8 @@ def _cmd_evaluate(args) -> int:
         print("prism: error: --shards, --classes and --save-bundle are options of --zero-shot", file=sys.stderr)
         return 2
     pred = load_predictor(args.model, device=args.device)
+    if pred.task.name in NO_TABLE_EVALUATION:
+        raise ConfigError(NO_TABLE_EVALUATION[pred.task.name])
     report = evaluate(pred, args.labels, tta=not args.no_tta, batch_size=args.batch_size,
                       on_bad_rows=args.on_bad_rows, image_root=args.root)
     print(f"[prism] scored {report.describe()}")
