@@ -74,3 +74,11 @@ def test_a_tiny_detector_learns_where_the_object_is():
     assert float(loss.detach()) < 0.5 * first
     print(f"IoU of the top box before {before.tolist()}, after {after.tolist()}; loss {first:.3f} → {float(loss.detach()):.3f}")
     assert (after > 0.5).all() and (before < 0.5).all(), (before, after)
+
+
+def test_one_image_whose_coarsest_level_is_one_cell():
+    """A single 28 px image (2 x 2 patches, a 1 x 1 level at scale 1/2) goes through: GroupNorm keeps at
+    least two values per group (with one channel per group this raised)."""
+    pyr = SimpleFeaturePyramid(48, 32, scales=(2.0, 1.0, 0.5)).eval()
+    maps = pyr(torch.randn(1, 2, 2, 48))
+    assert maps[-1].shape == (1, 32, 1, 1)

@@ -21,9 +21,15 @@ from torch import nn
 __all__ = ["SimpleFeaturePyramid"]
 
 
+def _groups(dim: int) -> int:
+    """GroupNorm groups: 32 as ViTDet, but at least 2 channels per group, so that one image whose coarsest
+    level is 1 × 1 still has more than one value per group."""
+    return max(1, min(32, dim // 2))
+
+
 def _out_convs(c_in: int, dim: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, dim, 1), nn.GroupNorm(min(32, dim), dim), nn.Conv2d(dim, dim, 3, padding=1),
-            nn.GroupNorm(min(32, dim), dim)]
+    return [nn.Conv2d(c_in, dim, 1), nn.GroupNorm(_groups(dim), dim), nn.Conv2d(dim, dim, 3, padding=1),
+            nn.GroupNorm(_groups(dim), dim)]
 
 
 class SimpleFeaturePyramid(nn.Module):
