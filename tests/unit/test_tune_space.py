@@ -164,7 +164,8 @@ def test_keys_that_change_the_datasets(key, per_trial):
 
 
 @pytest.mark.parametrize(("name", "job"), [("lora.yaml", CIRCLES_JOB), ("quick.yaml", CIRCLES_JOB),
-                                         ("classify.yaml", ROOT / "jobs" / "sketches.yaml")])
+                                         ("classify.yaml", ROOT / "jobs" / "sketches.yaml"),
+                                         ("detect.yaml", ROOT / "jobs" / "shapes_detect.yaml")])
 def test_shipped_spaces_validate_against_their_job(name, job):
     from prism.tune.sweep import sweep_config
 
