@@ -197,3 +197,16 @@ def test_render_outputs_keep_folders_apart_so_equal_names_do_not_collide(tmp_pat
     paths = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", tmp_path / "a" / "deep" / "y.png"]
     assert [str(p) for p in output_names(paths)] == ["a/x", "b/x", "a/deep/y"]
     assert [str(p) for p in output_names([tmp_path / "only.jpg"])] == ["only"]
+
+
+def test_foreground_render_blacks_out_background_cells():
+    cfg = job(foreground={"threshold": 0.0})
+    task = build_task(cfg)
+    fg = torch.tensor([[True, False], [False, True]])
+    pred = {"maps": torch.randn(2, 2, 6), "fg_maps": torch.randn(2, 2, 6), "foreground": fg}
+    opts = task.parse_options({"foreground": True, "upsample": "patch"})
+    rgb = task.render_prediction(pred, (8, 8), opts)
+    plain = task.render(pred["fg_maps"].numpy(), (8, 8), opts)
+    assert (rgb[:4, 4:] == 0).all() and (rgb[4:, :4] == 0).all()  # background cells
+    np.testing.assert_array_equal(rgb[:4, :4], plain[:4, :4])
+    np.testing.assert_array_equal(rgb[4:, 4:], plain[4:, 4:])

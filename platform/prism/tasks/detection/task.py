@@ -55,6 +55,7 @@ class DetectionTask(Task):
             raise ValueError("task.categories is empty; the job config fills it from data.coco.train")
         self.categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in self.tcfg.categories]
         self.category_ids = [c["id"] for c in self.categories]
+        self.letterbox = BoxTransform(self.img_size)  # the eval geometry, built once for every request
         lo = self.tcfg.loss
         matcher = HungarianMatcher(lo.class_weight, lo.bbox_weight, lo.giou_weight, lo.focal_alpha, lo.focal_gamma)
         self.criterion = SetCriterion(matcher, lo.class_weight, lo.bbox_weight, lo.giou_weight, lo.focal_alpha,
@@ -115,7 +116,7 @@ class DetectionTask(Task):
 
     def preprocess(self, image: Image.Image, options: PredictOptions) -> tuple[dict[str, np.ndarray], dict]:
         """RGB image → the eval letterbox ``{"image": uint8 (S, S, 3)}``; meta: the original (W, H)."""
-        canvas, _, _, _ = BoxTransform(self.img_size)(np.asarray(image.convert("RGB")), np.zeros((0, 4)),
+        canvas, _, _, _ = self.letterbox(np.asarray(image.convert("RGB")), np.zeros((0, 4)),
                                                       np.zeros(0, dtype=np.int64))
         return {"image": canvas}, {"size": list(image.size)}
 

@@ -162,8 +162,12 @@ class FeaturesTask(Task):
         upsample = o.upsample or r.upsample
         rgb = render_components(maps, size, upsample, start, n, o.sigmas or r.sigmas)
         if foreground is not None:
-            mask = render_components(foreground[..., None].astype(np.float32) * 10.0 - 5.0, size, "patch", 0, 1, 1.0)
-            rgb = rgb * (mask[..., :1] > 127)
+            from PIL import Image
+
+            mask = Image.fromarray(foreground.astype(np.uint8))  # patch cells, upsampled as flat blocks
+            if size is not None:
+                mask = mask.resize((size[1], size[0]), Image.NEAREST)
+            rgb = rgb * np.asarray(mask, dtype=np.uint8)[..., None]
         return rgb if image is None else side_by_side(image, rgb)
 
     def shown_maps(self, prediction: dict[str, Any], options: FeaturesOptions) -> np.ndarray:
