@@ -85,6 +85,14 @@ def test_metrics_merge_across_workers(case):
     assert got.keys() == expected.keys() and task.cfg.train.metric in expected
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, nan_ok=True), k
+    # what checkpoints keep and reports draw: JSON-able, and every figure and table renders from it
+    stats = json.loads(json.dumps(merged.export()))
+    for name, fig in task.figures(stats).items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        assert name.endswith(".png") and buf.tell() > 0, name
+    for name, table in task.tables(stats).items():
+        assert name.endswith(".csv") and len(table.to_csv(index=False)) > 0, name
 
 
 def test_predictions_postprocess_to_json(case):

@@ -34,7 +34,7 @@ def test_train_on_a_features_job_points_to_prism_features(capsys):
     assert "task 'features' does not train; run `prism features pca" in capsys.readouterr().err
 
 
-def test_evaluate_says_what_a_detection_model_offers_instead(tmp_path, capsys):
+def test_evaluate_points_a_detection_model_at_coco_files(tmp_path, capsys):
     import torch
 
     from prism.cli.main import main
@@ -49,5 +49,9 @@ def test_evaluate_says_what_a_detection_model_offers_instead(tmp_path, capsys):
     model = build_model(cfg, task)
     write_bundle(tmp_path / "det", cfg, task, model,
                  [n for n, p in model.named_parameters() if n.startswith("heads.") or "lora_" in n])
-    assert main(["evaluate", "--model", str(tmp_path / "det"), "--device", "cpu"]) == 2
-    assert "a detection model's COCO AP is measured on its validation split" in capsys.readouterr().err
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\na.png,x\n")
+    assert main(["evaluate", "--model", str(tmp_path / "det"), "--device", "cpu", "--labels", str(labels)]) == 2
+    assert "a detection model is scored on COCO files: --coco" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "det"), "--device", "cpu", "--first", "0"]) == 2
+    assert "--first 0" in capsys.readouterr().err

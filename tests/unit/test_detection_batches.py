@@ -15,7 +15,8 @@ from prism.tasks.detection.batches import DecodeDetection, DetectionCollate
 
 def rows_batch(table, n):
     rows = table.rows.iloc[:n]
-    return {k: rows[k].to_numpy() for k in ("path", "image_id", "width", "height", "boxes", "category_id", "iscrowd")}
+    return {k: rows[k].to_numpy() for k in ("path", "image_id", "width", "height", "boxes", "category_id", "iscrowd",
+                                            "area")}
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,39 @@ def test_an_undecodable_image_is_named_by_its_id(shapes, tmp_path):
     batch["path"] = np.array([str(bad)], dtype=object)
     with pytest.raises(BadRowsError, match=f"image id {int(batch['image_id'][0])}: cannot decode"):
         DecodeDetection(64, shapes.category_ids)(batch)
+
+
+def test_validation_batches_carry_the_files_ground_truth_and_the_metric_scores_it(shapes):
+    """Validation targets hold every box as the file gives it (a crowd box and a box too small for the
+    letterbox included, the annotation's area kept), and the loop's metric over them equals pycocotools
+    on the COCO file itself."""
+    from prism.tasks.detection.metrics import CocoDetectionMetrics
+    from tests.helpers.coco import pycocotools_stats
+
+    rows = shapes.rows.iloc[:4].copy()
+    rows.at[0, "iscrowd"] = np.array([True] + [False] * (len(rows.at[0, "boxes"]) - 1))
+    rows.at[1, "boxes"] = np.concatenate([rows.at[1, "boxes"], [[3.0, 3.0, 0.5, 0.5]]]).astype(np.float32)
+    rows.at[1, "category_id"] = np.append(rows.at[1, "category_id"], shapes.category_ids[0])
+    rows.at[1, "iscrowd"] = np.append(rows.at[1, "iscrowd"], False)
+    rows.at[1, "area"] = np.append(rows.at[1, "area"], 0.2)
+    table = type(shapes)(rows.reset_index(drop=True), shapes.categories)
+    batch = {k: table.rows[k].to_numpy() for k in ("path", "image_id", "width", "height", "boxes", "category_id",
+                                                  "iscrowd", "area")}
+    _, targets = DetectionCollate()(DecodeDetection(32, shapes.category_ids, train=False)(batch))
+    assert len(targets[1]["gt_boxes"]) == len(rows.at[1, "boxes"]) == len(targets[1]["labels"]) + 1  # the tiny one
+    assert targets[0]["gt_iscrowd"][0] and targets[1]["gt_area"][-1] == pytest.approx(0.2)
+    gt = table.ground_truth()
+    rng = np.random.default_rng(0)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.random()),
+             "bbox": [v + float(rng.normal(0, 1)) for v in a["bbox"]]} for a in gt["annotations"]]
+    acc = CocoDetectionMetrics(None, shapes.category_ids, 32)
+    for t in targets:
+        acc._add_ground_truth(t, t["size"])
+        acc.image_ids.append(t["image_id"])
+    acc.detections = dets
+    ref = pycocotools_stats(gt, dets)
+    got = acc.compute(prefix="")
+    for name in ("AP", "AP50", "APs", "AR100"):
+        assert got[name] == pytest.approx(ref[name], abs=1e-9), name
+    train_batch = DecodeDetection(32, shapes.category_ids, train=True)(batch)
+    assert not any(k.startswith("gt_") for k in train_batch)

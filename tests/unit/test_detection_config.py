@@ -31,3 +31,17 @@ def test_lightweight_is_smaller_and_overrides_apply():
         DetectionTaskConfig(decoder={"dim": 64, "heads": 3})
     with pytest.raises(ValidationError, match="scales"):
         DetectionTaskConfig(decoder={"scales": [3.0]})
+
+
+def test_coco2017_names_its_80_categories_without_the_files():
+    from prism.config import JobConfig
+
+    cfg = JobConfig.model_validate({
+        "task": {"name": "detection", "categories": "coco2017"}, "backbone": {"name": "dinov2_tiny", "img_size": 28},
+        "stages": [{"kind": "probe", "epochs": 1, "lr": {"head": 1e-3}}],
+        "data": {"source": "coco", "coco": {"train": "/nowhere/instances_train2017.json"}}})
+    ids = [c["id"] for c in cfg.task.categories]
+    assert len(ids) == 80 and ids == sorted(set(ids)) and (ids[0], ids[-1]) == (1, 90)
+    assert {12, 26, 29, 30, 45, 66, 68, 69, 71, 83} & set(ids) == set()  # the paper's ids without boxes
+    names = {c["id"]: c["name"] for c in cfg.task.categories}
+    assert (names[1], names[18], names[90]) == ("person", "dog", "toothbrush")

@@ -1,7 +1,9 @@
-"""``prism data synth | shards | quickdraw``: synthetic data sets and WebDataset shards."""
+"""``prism data synth | shards | quickdraw | coco``: synthetic data sets, WebDataset shards, COCO 2017."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_data_parser", "class_names"]
@@ -53,6 +55,52 @@ def _cmd_quickdraw(args) -> int:
     return 0
 
 
+def _cmd_coco(args) -> int:
+    from prism.data.coco_download import fetch_coco
+
+    try:
+        overrides = fetch_coco(args.out, args.splits, base_url=args.base_url, archives_dir=args.archives,
+                               keep_archives=args.keep_archives)
+    except (ValueError, ConnectionError) as e:
+        print(f"prism: error: {e}", file=sys.stderr)
+        return 2
+    print(f"[prism] COCO 2017 {', '.join(args.splits)} ready in {args.out}")
+    if overrides:
+        print("[prism] use: " + " ".join(f"{k}={v}" for k, v in overrides.items()))
+    if "test" in args.splits:
+        out = args.out.resolve()
+        print(f"[prism] test-dev: images {out / 'test2017'}, image list "
+              f"{out / 'annotations/image_info_test-dev2017.json'} (no boxes: predictions only)")
+    return 0
+
+
+COCO_DESCRIPTION = """\
+Download the official COCO 2017 archives of --splits, check each against its published MD5 and
+extract it into --out:
+
+  OUT/train2017/  OUT/val2017/  OUT/test2017/  OUT/annotations/instances_{train,val}2017.json
+
+then print the data.coco.* overrides (train, train_images, val, val_images) that point a detection
+job at them. An archive needs about twice its size free until it is extracted; the .zip is then
+deleted unless --keep-archives.
+"""
+
+COCO_EPILOG = """\
+examples:
+  prism data coco --out data/coco                      train + val images and annotations (19 GiB)
+  prism data coco --out data/coco --splits val annotations    val2017 only (1 GiB): a quick start
+  prism data coco --out data/coco --splits test        test-dev images + image_info_test-dev2017.json
+  prism data coco --out data/coco --archives ~/coco-zips    archives downloaded by hand
+
+Run the same command again after an interruption: a download resumes where it stopped (OUT/*.part),
+and archives already verified (OUT/<archive>.verified) are skipped. Without internet access, fetch
+the archives on another machine from
+  http://images.cocodataset.org/zips/         train2017.zip  val2017.zip  test2017.zip
+  http://images.cocodataset.org/annotations/  annotations_trainval2017.zip  image_info_test2017.zip
+copy them into one folder and pass it as --archives: they are checked and extracted the same way.
+"""
+
+
 def add_data_parser(sub) -> None:
     """The ``data`` command and its sub-commands, on ``prism``'s sub-parsers ``sub``."""
     from prism.data.synth import SYNTH_GENERATORS
@@ -99,3 +147,23 @@ def add_data_parser(sub) -> None:
     s.add_argument("--per-shard", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_quickdraw)
+
+    from prism.data.coco_download import BASE_URL, SPLITS
+
+    s = dsub.add_parser("coco", help="download, check (MD5) and extract the official COCO 2017 archives",
+                        description=COCO_DESCRIPTION, epilog=COCO_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--out", type=Path, required=True, help="folder the archives are extracted into")
+    s.add_argument("--splits", nargs="+", choices=list(SPLITS), default=["train", "val", "annotations"],
+                   metavar="SPLIT", help="any of: train (train2017.zip, 18 GiB), val (val2017.zip, 0.76 GiB), "
+                   "test (test2017.zip, 6.2 GiB, and image_info_test2017.zip), annotations "
+                   "(annotations_trainval2017.zip, 0.24 GiB: instances_train2017.json, instances_val2017.json); "
+                   "default: train val annotations")
+    s.add_argument("--archives", type=Path, default=None, metavar="DIR",
+                   help="take the archives from DIR (downloaded by hand) instead of the network; they are "
+                   "checked the same way and left in place")
+    s.add_argument("--base-url", default=BASE_URL, metavar="URL",
+                   help="where zips/ and annotations/ are served (a mirror); default: %(default)s")
+    s.add_argument("--keep-archives", action="store_true",
+                   help="keep downloaded .zip files after extraction (default: delete them once extracted)")
+    s.set_defaults(fn=_cmd_coco)

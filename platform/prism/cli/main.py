@@ -20,6 +20,8 @@ EPILOG = """examples:
   prism tune jobs/circles.yaml --space tune_spaces/lora.yaml    search LoRA rank / LR / stage plans
   prism predict --model models:/circles@champion images/ --out preds.csv
   prism evaluate --model models:/circles@champion --labels data/labels.csv
+  prism evaluate --model models:/shapes-detect@champion --coco instances_val2017.json --images val2017/
+  prism train jobs/shapes_detect.yaml --eval-only          score the job's registered model on its validation split
   prism data synth circles --n 600 --out data/circles
   prism serve serve_configs/circles.yaml --port 8000    HTTP API on Ray Serve (OpenAPI docs at /docs)
   prism export --model models:/circles@champion --out exported/   LoRA merged, plain safetensors
@@ -29,9 +31,6 @@ EPILOG = """examples:
 
 
 NO_TABLE_EVALUATION = {
-    "detection": "prism evaluate scores labelled tables; a detection model's COCO AP is measured on its validation "
-                 "split during training (val/AP, val/AP50, … in its MLflow run). Evaluating a COCO file with "
-                 "prism evaluate is not built yet.",
     "features": "a features model has no labels to score; its fit is in pca.json and the MLflow run "
                 "(explained variance per component)",
 }
@@ -58,8 +57,34 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.job, args.overrides)
     if not type(cfg.task).trains:
         raise ConfigError(f"task '{cfg.task.name}' does not train; run `prism features pca {args.job}`")
+    if args.eval_only:
+        return _eval_only(cfg, args)
+    if args.model is not None:
+        raise ConfigError("--model goes with --eval-only (to train from a checkpoint, set train.resume_from)")
     run_training(cfg, job_file=str(args.job))
     return 0
+
+
+def _eval_only(cfg, args) -> int:
+    """``prism train JOB --eval-only``: no training; the job's model (``--model``, else ``train.resume_from``,
+    else ``models:/<tracking.model_name>@<tracking.alias>``) scored on the job's validation split."""
+    from prism.inference.predictor import load_predictor
+    from prism.tracking import configure_tracking
+
+    source = args.model or (str(cfg.train.resume_from) if cfg.train.resume_from is not None else None)
+    if source is None:
+        if not cfg.tracking.model_name:
+            raise ConfigError("--eval-only needs a model: --model, train.resume_from or tracking.model_name")
+        source = f"models:/{cfg.tracking.model_name}@{cfg.tracking.alias}"
+    configure_tracking(cfg.tracking.tracking_uri)
+    pred = load_predictor(source, device=args.device)
+    if pred.task.name != cfg.task.name:
+        raise ConfigError(f"{source} is a {pred.task.name!r} model; the job trains {cfg.task.name!r}")
+    pred.cfg = pred.cfg.model_copy(update={"data": cfg.data})  # the job's data, e.g. with val_subset lifted
+    return _run_evaluation(pred, argparse.Namespace(
+        labels=None, root=None, on_bad_rows=None, coco=None, images=None, first=None, samples=args.samples,
+        no_tta=False, batch_size=args.batch_size, out=args.out, log_run=args.log_run), source,
+        cfg.tracking.tracking_uri)
 
 
 def _cmd_tune(args) -> int:
@@ -125,29 +150,65 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from prism.inference.evaluate import evaluate
     from prism.inference.predictor import load_predictor
 
-    if args.labels is None and (args.root is not None or args.on_bad_rows is not None):
-        print("prism: error: --root and --on-bad-rows need --labels (without it the validation split is read "
-              "as training read it, by the model config's data.*)", file=sys.stderr)
+    if args.labels is None and args.coco is None and (args.root is not None or args.on_bad_rows is not None):
+        print("prism: error: --root and --on-bad-rows need --labels (or --coco; without them the validation split "
+              "is read as training read it, by the model config's data.*)", file=sys.stderr)
         return 2
     if args.zero_shot is not None:
         return _evaluate_zero_shot(args)
     if args.shards or args.classes or args.save_bundle:
         print("prism: error: --shards, --classes and --save-bundle are options of --zero-shot", file=sys.stderr)
         return 2
+    if str(args.model).startswith(("models:/", "runs:/")):
+        from prism.tracking import configure_tracking
+
+        configure_tracking()
     pred = load_predictor(args.model, device=args.device)
-    if pred.task.name in NO_TABLE_EVALUATION:
-        raise ConfigError(NO_TABLE_EVALUATION[pred.task.name])
-    report = evaluate(pred, args.labels, tta=not args.no_tta, batch_size=args.batch_size,
-                      on_bad_rows=args.on_bad_rows, image_root=args.root)
+    return _run_evaluation(pred, args, str(args.model))
+
+
+def _run_evaluation(pred, args, model: str, tracking_uri: str | None = None) -> int:
+    """Score ``pred`` (a table, the validation split or a COCO file), write the report, log it to MLflow."""
+    from prism.inference.evaluate import evaluate
+
+    task = pred.task.name
+    if task in NO_TABLE_EVALUATION:
+        raise ConfigError(NO_TABLE_EVALUATION[task])
+    if task == "detection":
+        from prism.tasks.detection.evaluation import select_coco_rows, write_detection_outputs
+
+        if args.labels is not None or args.root is not None:
+            raise ConfigError("a detection model is scored on COCO files: --coco instances.json [--images DIR] "
+                              "(without --coco: its validation split)")
+        try:
+            rows = select_coco_rows(pred, args.coco, args.images, args.first, args.on_bad_rows)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        report = evaluate(pred, rows=rows, tta=not args.no_tta, batch_size=args.batch_size)
+    else:
+        if args.coco is not None or args.images is not None or args.first is not None:
+            raise ConfigError(f"--coco, --images and --first are for detection models; this is a {task!r} model")
+        report = evaluate(pred, args.labels, tta=not args.no_tta, batch_size=args.batch_size,
+                          on_bad_rows=args.on_bad_rows, image_root=args.root)
     print(f"[prism] scored {report.describe()}")
     for k, v in sorted(report.metrics.items()):
         if "/precision/" not in k and "/recall/" not in k:
             print(f"{k:40s} {v:.4f}")
     written = report.save(args.out, pred.task)
-    print(f"[prism] {report.n_images} images ({report.skipped} skipped); wrote {', '.join(map(str, written))}")
+    if task == "detection":
+        written += write_detection_outputs(report, args.out, samples=args.samples)
+    written.append(report.write_summary(args.out, model, written))
+    print(f"[prism] {report.n_images} images ({report.skipped} skipped); wrote {args.out}/: "
+          f"{', '.join(sorted({str(p.relative_to(args.out).parts[0]) for p in written}))}")
+    log_run = args.log_run if args.log_run is not None else model.startswith(("models:/", "runs:/"))
+    if log_run:
+        from prism.tracking.evaluation import log_evaluation
+
+        run_id = log_evaluation(args.out, report.metrics, model, pred.cfg.tracking.experiment, report.scored,
+                                tracking_uri)
+        print(f"[prism] logged the evaluation as MLflow run {run_id} (experiment {pred.cfg.tracking.experiment!r})")
     return 0
 
 
@@ -231,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a job spec on Ray Train, log to MLflow, register the model")
     _add_job_args(p)
+    e = p.add_argument_group("evaluation only (no training)")
+    e.add_argument("--eval-only", action="store_true",
+                   help="score the job's model on the job's validation split instead of training: --model, else "
+                   "train.resume_from (a checkpoint folder), else models:/<tracking.model_name>@<tracking.alias>")
+    e.add_argument("--model", default=None, help="with --eval-only: the model (registry URI, checkpoint or bundle)")
+    e.add_argument("--out", type=Path, default=Path("prism_eval"), help="with --eval-only: the report folder")
+    e.add_argument("--device", default=None, help="with --eval-only: cpu, cuda, …")
+    e.add_argument("--batch-size", type=int, default=32, help="with --eval-only: images per batch")
+    e.add_argument("--samples", type=int, default=8, help="with --eval-only (detection): images drawn with boxes")
+    e.add_argument("--log-run", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --eval-only: log the evaluation as an MLflow run (default: yes)")
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("tune", help="Ray Tune sweep over config keys (ASHA); best trial registered as @candidate")
@@ -261,10 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "classifier); the same options Serve's POST /predict takes")
     p.set_defaults(fn=_cmd_predict)
 
-    p = sub.add_parser("evaluate", help="metrics + confusion matrices of a model on a labelled table",
-                       description="Score a model on labelled images. Without --labels: the held-out validation "
-                       "split of the model's training data (its config's data.*, split by data.val_fraction and "
-                       "data.split_seed as training split it), never a training row.")
+    p = sub.add_parser("evaluate", help="metrics, figures and a report of a model on labelled images",
+                       description="Score a model on labelled images: a labels table (classifiers) or a COCO file "
+                       "(detectors). Without --labels / --coco: the held-out validation split of the model's "
+                       "training data (its config's data.*, split as training split it), never a training row. "
+                       "Writes metrics.json, figures, per-class tables and report.md to --out, and logs them as "
+                       "an MLflow run in the model's experiment (default for registry models).")
     model_args(p)
     p.add_argument("--labels", type=Path, default=None,
                    help="labels CSV, every row scored (default: the validation split of the model's training data)")
@@ -272,7 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --labels: folder the CSV's relative image paths are under (default: the CSV's folder)")
     p.add_argument("--out", type=Path, default=Path("prism_eval"), help="folder for metrics.json and plots")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
-                   help="with --labels: stop on bad rows (default) or skip them")
+                   help="with --labels or --coco: stop on bad rows / boxes (default) or skip and count them")
+    p.add_argument("--log-run", action=argparse.BooleanOptionalAction, default=None,
+                   help="log the evaluation (metrics and every file written) as an MLflow run in the model's "
+                   "experiment (default: yes for models:/ and runs:/ URIs, no for folders)")
+    d = p.add_argument_group("detection models (COCO AP)")
+    d.add_argument("--coco", type=Path, default=None,
+                   help="an instances_*.json to score every image of (default: the model's validation split); one "
+                   "without annotations (test-dev's image_info_*.json) writes detections.json only")
+    d.add_argument("--images", type=Path, default=None, help="with --coco: its image folder (default: the JSON's)")
+    d.add_argument("--first", type=int, default=None, help="score the first N images only (a 'mini' evaluation)")
+    d.add_argument("--samples", type=int, default=8,
+                   help="images drawn with their ground truth and detections into samples/ (default 8)")
     z = p.add_argument_group("zero-shot on held-out classes (classify models)")
     z.add_argument("--zero-shot", choices=["text", "prototypes"], default=None,
                    help="text: CLIP text embeddings of the class names (CLIP backbones); prototypes: SHOTS support "

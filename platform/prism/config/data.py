@@ -94,6 +94,10 @@ class CocoDataConfig(StrictModel):
     subset_seed: int = 0
     subset_file: Path | None = Field(default=None, description="Where the subset's image ids are saved; when it "
                                      "exists, those ids are reloaded (exact reproduction).")
+    overfit: int | None = Field(default=None, ge=1, description="Debug / overfit mode: train on N training images "
+                                "(by subset_seed) and validate on the same N; training sees them as validation does (no "
+                                "crop, no flip). A pipeline that works drives their AP towards 1; pair it with more "
+                                "epochs and a higher LR (jobs/shapes_overfit.yaml).")
 
 
 class ImagesConfig(StrictModel):

@@ -3,7 +3,8 @@ batches (:class:`~prism.tasks.detection.batches.DecodeDetection` in ``map_batche
 
 Without ``data.coco.train`` the synthetic shapes set is generated once (``data.synthetic``) and split by
 ``data.val_fraction``. A ``subset`` of N training images ("mini" COCO) is drawn by ``subset_seed``, its ids
-saved to ``subset_file`` and reloaded from it when it exists, for exact reproduction.
+saved to ``subset_file`` and reloaded from it when it exists, for exact reproduction. ``overfit``: N training
+images on both sides (debug mode: the model should memorise them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["build_coco_datasets", "coco_split", "select_subset"]
 
 log = logging.getLogger(__name__)
-COLUMNS = ["path", "image_id", "width", "height", "boxes", "category_id", "iscrowd"]
+COLUMNS = ["path", "image_id", "width", "height", "boxes", "category_id", "iscrowd", "area"]
 
 
 def _synthetic(cfg: JobConfig) -> Path:
@@ -49,7 +50,8 @@ def select_subset(rows: pd.DataFrame, n: int, seed: int, file: Path | None) -> p
             raise ValueError(f"{file}: image ids {missing[:5]} are not in the annotations")
         return rows.set_index("image_id").loc[ids].reset_index()[rows.columns]
     if n > len(rows):
-        raise ValueError(f"data.coco.subset={n} but the annotations hold {len(rows)} images")
+        raise ValueError(f"a subset of {n} images was asked for (data.coco.subset / overfit) but there are only "
+                         f"{len(rows)} training images")
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
     out = rows.iloc[pick].reset_index(drop=True)
     if file is not None:
@@ -73,6 +75,11 @@ def coco_split(cfg: JobConfig) -> tuple[CocoTable, CocoTable]:
         is_val = (key < d.val_fraction).to_numpy()
         val = CocoTable(train.rows[is_val].reset_index(drop=True), train.categories, train.skipped)
         train = CocoTable(train.rows[~is_val].reset_index(drop=True), train.categories, train.skipped)
+    if c.overfit is not None:  # the same N images on both sides: can the model memorise them?
+        if c.subset is not None or c.val_subset is not None:
+            raise ValueError("data.coco.overfit picks its own N images; leave data.coco.subset and val_subset unset")
+        rows = select_subset(train.rows, c.overfit, c.subset_seed, c.subset_file)
+        return CocoTable(rows, train.categories, train.skipped), CocoTable(rows, train.categories, train.skipped)
     if c.subset is not None:
         train = CocoTable(select_subset(train.rows, c.subset, c.subset_seed, c.subset_file), train.categories,
                           train.skipped)
@@ -101,7 +108,8 @@ def build_coco_datasets(cfg: JobConfig, category_ids: list[int], img_size: int) 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = d.progress_bars
     datasets = {}
-    for name, table, is_train in (("train", train, True), ("val", val, False)):
+    augment = d.coco.overfit is None  # overfit mode trains on exactly what it validates on
+    for name, table, is_train in (("train", train, augment), ("val", val, False)):
         decode = DecodeDetection(img_size, category_ids, train=is_train, hflip=d.augment.hflip)
         ds = rows_dataset(table.rows[COLUMNS], d.map_batch_size).map_batches(decode, batch_size=d.map_batch_size)
         configure_context(ds.context, d.deterministic)

@@ -10,7 +10,10 @@ Which rows are scored (:func:`select_rows`):
   rows that may have been training rows.
 
 Batches go through the task's collate class and :func:`~prism.engine.predict.predict_batch`, the same
-calls (and TTA default) as training's validation.
+calls (and TTA default) as training's validation. A task whose rows are not a labels table (detection: a
+COCO file, :func:`prism.tasks.detection.evaluation.select_coco_rows`) selects its own :class:`EvalRows`,
+with the batch columns its collate class reads and the metric that scores them, and goes through the same
+loop.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class EvalRows:
     rows: pd.DataFrame
     skipped: int
     scored: dict[str, Any]
+    columns: dict[str, np.ndarray] | None = None
+    """Per-row batch columns beside the image (default: the ``y_<head>`` columns of ``rows``)."""
+    metrics: Any = None
+    """The accumulator that scores them (default: ``task.metrics()``)."""
 
 
 @dataclass
@@ -56,10 +63,14 @@ class EvalReport:
     """Which rows were scored: :attr:`EvalRows.scored`."""
     paths: list[str] = field(default_factory=list)
     """The scored image files, in scoring order."""
+    accumulator: Any = field(default=None, repr=False)
+    """The metric accumulator after the pass (what a task's extra outputs, e.g. raw detections, come from)."""
 
     def describe(self) -> str:
         """Which rows were scored, one line, e.g. ``validation split: 120 images of …/labels.csv (…)``."""
         s = self.scored
+        if "describe" in s:
+            return s["describe"]
         where = f"{s['n_images']} images of {s['labels_csv']}"
         if s["rows"] == "validation split":
             return (f"validation split: {where} (data.val_fraction {s['val_fraction']}, data.split_seed "
@@ -67,7 +78,8 @@ class EvalReport:
         return f"all rows: {where}"
 
     def save(self, out_dir: Path, task) -> list[Path]:
-        """``metrics.json``, the task's figures (PNG) and tables (CSV) in ``out_dir``."""
+        """``metrics.json``, the task's figures (PNG) and tables (CSV) in ``out_dir``; ``report.md`` (what was
+        scored, the metrics, the figures) is written by :meth:`write_summary` once every file is there."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [out_dir / "metrics.json"]
         written[0].write_text(json.dumps({"n_images": self.n_images, "skipped": self.skipped,
@@ -84,6 +96,25 @@ class EvalReport:
             table.to_csv(path, index=False)
             written.append(path)
         return written
+
+    def write_summary(self, out_dir: Path, model: str, files: list[Path]) -> Path:
+        """``report.md`` in ``out_dir``: the model, what was scored, the metrics table, the figures inline and
+        links to the other ``files``."""
+        out_dir = Path(out_dir)
+        lines = [f"# Evaluation of {model}", "", f"Scored: {self.describe()}; {self.n_images} images, "
+                 f"{self.skipped} skipped.", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {'n/a (nothing of that kind to score)' if v == -1 else f'{v:.4f}'} |"
+                  for k, v in sorted(self.metrics.items()) if "/precision/" not in k and "/recall/" not in k]
+        rel = [Path(f).resolve().relative_to(out_dir.resolve()) for f in files]
+        figures = [r for r in rel if r.suffix == ".png" and len(r.parts) == 1]
+        if figures:
+            lines += ["", "## Figures", ""] + [f"![{r.stem}]({r.as_posix()})" for r in figures]
+        others = sorted({r for r in rel if r not in figures and r.name != "report.md"})
+        if others:
+            lines += ["", "## Files", ""] + [f"- [{r.as_posix()}]({r.as_posix()})" for r in others]
+        path = out_dir / "report.md"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
 
 def select_rows(predictor: Predictor, labels_csv: Path | None = None, image_root: Path | None = None,
@@ -139,18 +170,21 @@ def _recorded_fingerprint(predictor: Predictor) -> str | None:
 
 def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column: str | None = None,
              tta: bool = True, batch_size: int = 32, on_bad_rows: str | None = None, progress: bool = True,
-             image_root: Path | None = None) -> EvalReport:
-    """Metrics of ``predictor`` on the rows :func:`select_rows` picks (same arguments).
+             image_root: Path | None = None, rows: EvalRows | None = None) -> EvalReport:
+    """Metrics of ``predictor`` on the rows :func:`select_rows` picks (same arguments), or on ``rows``
+    selected by the caller (a task's own selection, e.g. a COCO file).
 
     ``labels_csv=None`` scores the held-out validation split of the model's training data. ``tta``: the
     task's configured views (True, the default of training's validation, ``prism predict`` and Serve) or
     the raw output (False). Metrics are the task's (``<head>/accuracy``, …, ``loss``), unprefixed.
     """
     task = predictor.task
-    selected = select_rows(predictor, labels_csv, image_root, image_column, on_bad_rows)
+    selected = rows if rows is not None else select_rows(predictor, labels_csv, image_root, image_column,
+                                                         on_bad_rows)
     rows = selected.rows
-    columns = {c: rows[c].to_numpy(np.int64) for c in rows.columns if c.startswith("y_")}
-    acc = task.metrics()
+    columns = (selected.columns if selected.columns is not None else
+               {c: rows[c].to_numpy(np.int64) for c in rows.columns if c.startswith("y_")})
+    acc = selected.metrics if selected.metrics is not None else task.metrics()
     collate = task.collate_fn()
     model, opts = predictor.model, predictor.options(tta=tta)
     paths = [str(p) for p in rows["path"]]
@@ -167,4 +201,4 @@ def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column:
         inputs = model_inputs(inputs, predictor.device, model.backbone.mean, model.backbone.std)
         preds = predict_batch(task, model, inputs, tta=bool(opts.tta), amp=predictor.cfg.train.amp)
         acc.update(preds, to_device(targets, predictor.device))
-    return EvalReport(acc.compute(prefix=""), acc.export(), len(paths), selected.skipped, selected.scored, paths)
+    return EvalReport(acc.compute(prefix=""), acc.export(), len(paths), selected.skipped, selected.scored, paths, acc)

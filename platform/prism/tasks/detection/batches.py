@@ -7,13 +7,17 @@ collate class that hands the train loop ragged targets as a list of dicts.
             "iscrowd": (N_i,)}                                          (prism.data.coco.read_coco)
       └─ DecodeDetection(size, category_ids, train)
     batch  {"image": uint8 (B, S, S, 3), "image_id": (B,), "size": (B, 2) original (W, H),
-            "boxes": B × (N'_i, 4) canvas cxcywh, "labels": B × (N'_i,) contiguous}
+            "boxes": B × (N'_i, 4) canvas cxcywh, "labels": B × (N'_i,) contiguous,
+            validation only: "gt_boxes": B × (N_i, 4) pixel xywh, "gt_category_id", "gt_iscrowd", "gt_area"}
       └─ DetectionCollate
     (inputs {"image": uint8 tensor (B, S, S, 3)},
-     targets [{"boxes": (N'_i, 4), "labels": (N'_i,), "image_id": int, "size": (W, H)}, …])
+     targets [{"boxes": (N'_i, 4), "labels": (N'_i,), "image_id": int, "size": (W, H), "gt_*": arrays}, …])
 
 Crowd boxes leave the training targets (COCO's evaluation reads them from the ground truth as "ignore").
-Boxes that a crop leaves under one pixel are dropped by the transform.
+Boxes that a crop or the letterbox leaves under one pixel are dropped by the transform. Validation batches
+also carry each image's ground truth as the COCO file gives it (``gt_*``: every box, crowd flags, the
+annotations' areas), which the metric scores against — so ``val/AP`` is COCO's on the file, not on the
+targets the loss sees.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class DecodeDetection:
         self.size = size
         self.index = {int(c): i for i, c in enumerate(category_ids)}
         self.transform = BoxTransform(size, train=train, hflip=hflip, crop_p=crop_p)
+        self.keep_truth = not train
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from prism.data.images import decode_image, read_bytes
@@ -58,8 +63,17 @@ class DecodeDetection:
             boxes.append(out_boxes)
             labels.append(out_labels)
             sizes[i] = (img.shape[1], img.shape[0])
-        return {"image": images, "image_id": np.asarray(batch["image_id"], dtype=np.int64), "size": sizes,
-                "boxes": _ragged(boxes), "labels": _ragged(labels)}
+        out = {"image": images, "image_id": np.asarray(batch["image_id"], dtype=np.int64), "size": sizes,
+               "boxes": _ragged(boxes), "labels": _ragged(labels)}
+        if self.keep_truth:
+            n_boxes = [len(np.asarray(b).reshape(-1, 4)) for b in batch["boxes"]]
+            areas = batch["area"] if "area" in batch else [np.full(k, np.nan) for k in n_boxes]
+            out.update(
+                gt_boxes=_ragged([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in batch["boxes"]]),
+                gt_category_id=_ragged([np.asarray(c, dtype=np.int64).reshape(-1) for c in batch["category_id"]]),
+                gt_iscrowd=_ragged([np.asarray(c, dtype=bool).reshape(-1) for c in batch["iscrowd"]]),
+                gt_area=_ragged([np.asarray(a, dtype=np.float64).reshape(-1) for a in areas]))
+        return out
 
 
 def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -80,4 +94,7 @@ class DetectionCollate(NumpyBatchCollateFn):
                     "image_id": int(i), "size": tuple(int(v) for v in s)}
                    for b, lab, i, s in zip(batch["boxes"], batch["labels"], batch["image_id"], batch["size"],
                                            strict=True)]
+        for key in (k for k in batch if k.startswith("gt_")):  # the file's ground truth, for the metric only
+            for t, value in zip(targets, batch[key], strict=True):
+                t[key] = np.asarray(value)
         return inputs, targets

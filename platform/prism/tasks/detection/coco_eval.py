@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert
 
-__all__ = ["STAT_NAMES", "coco_box_stats", "to_coco_detections"]
+__all__ = ["STAT_NAMES", "coco_box_stats", "run_coco_eval", "to_coco_detections"]
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -38,22 +38,31 @@ def to_coco_detections(image_id: int, boxes: torch.Tensor, scores: torch.Tensor,
             for b, s, c in zip(xywh.tolist(), scores.detach().cpu().tolist(), cats.tolist(), strict=True)]
 
 
-def coco_box_stats(ground_truth: dict[str, Any], detections: list[dict[str, Any]],
-                   image_ids: Sequence[int] | None = None) -> dict[str, float]:
-    """The 12 COCO box statistics of ``detections`` on ``ground_truth`` (a COCO dict), over ``image_ids``
-    (None = every image of the ground truth). No detections at all scores 0 (COCO cannot load an empty
-    result list); an image without annotations counts only through its false positives."""
+def run_coco_eval(ground_truth: dict[str, Any], detections: list[dict[str, Any]],
+                  image_ids: Sequence[int] | None = None, matches: bool = False):
+    """faster-coco-eval's ``COCOeval`` of ``detections`` on ``ground_truth``, evaluated, accumulated and
+    summarised (``.stats``, ``.eval["precision"]`` (T, R, K, A, M) …); ``matches``: also flag every detection
+    ``tp`` / ``fp`` at IoU 0.5 (``.cocoDt.anns``). ``detections`` must not be empty."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    if not detections:
-        return dict.fromkeys(STAT_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(copy.deepcopy(ground_truth))
         dt = gt.loadRes(copy.deepcopy(detections))
-        ev = COCOeval_faster(gt, dt, "bbox")
+        ev = COCOeval_faster(gt, dt, "bbox", extra_calc=matches)
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    return ev
+
+
+def coco_box_stats(ground_truth: dict[str, Any], detections: list[dict[str, Any]],
+                   image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """The 12 COCO box statistics of ``detections`` on ``ground_truth`` (a COCO dict), over ``image_ids``
+    (None = every image of the ground truth). No detections at all scores 0 (COCO cannot load an empty
+    result list); an image without annotations counts only through its false positives."""
+    if not detections:
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    ev = run_coco_eval(ground_truth, detections, image_ids)
     return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats[:12], strict=True)}

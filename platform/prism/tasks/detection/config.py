@@ -72,14 +72,21 @@ class DetectionTaskConfig(TaskConfig):
     data_sources: ClassVar[tuple[str, ...]] = ("coco",)
     synthetic_generator: ClassVar[str] = "shapes"
 
-    categories: list[dict[str, Any]] | None = Field(
-        default=None, description="[{id, name}] in model order; None = the training COCO file's, by id.")
+    categories: list[dict[str, Any]] | Literal["coco2017"] | None = Field(
+        default=None, description="[{id, name}] in model order; coco2017 = COCO 2017's 80 (ids 1..90); None = the "
+        "training COCO file's, by id.")
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     loss: DetectionLossConfig = Field(default_factory=DetectionLossConfig)
     max_detections: int = Field(default=100, ge=1, description="Detections per image (the top (query, class) pairs).")
 
     def complete(self, data: Any) -> None:
-        """``categories`` from the training COCO file (or the synthetic shapes' own) when unset."""
+        """``categories`` from the training COCO file (or the synthetic shapes' own) when unset; ``coco2017``
+        as its list."""
+        if self.categories == "coco2017":
+            from prism.data.coco_categories import COCO2017_CATEGORIES
+
+            self.categories = [dict(c) for c in COCO2017_CATEGORIES]
+            return
         if self.categories is not None:
             return
         if data.coco.train is None:

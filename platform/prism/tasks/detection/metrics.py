@@ -4,7 +4,7 @@
 (sigmoid scores over every (query, class) pair, the best ``k``). :class:`CocoDetectionMetrics` converts them
 to COCO results in the original images' pixels and the dataset's category ids (``targets`` carry each
 image's ``image_id`` and original ``size``), keeps them, and scores the union of every worker's state with
-:func:`~prism.tasks.detection.coco_eval.coco_box_stats` over the images seen — so a validation split
+:func:`~prism.tasks.detection.coco_report.detection_report` over the images seen — so a validation split
 spread over workers gives the metric of one pass over all of it.
 """
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from prism.tasks.base import MetricAccumulator
 from prism.tasks.detection.augment import canvas_to_image
-from prism.tasks.detection.coco_eval import STAT_NAMES, coco_box_stats, to_coco_detections
+from prism.tasks.detection.coco_eval import STAT_NAMES, to_coco_detections
+from prism.tasks.detection.coco_report import detection_report
 
 __all__ = ["CocoDetectionMetrics", "top_detections"]
 
@@ -35,20 +37,26 @@ def top_detections(logits: torch.Tensor, boxes: torch.Tensor, k: int = 100
 
 class CocoDetectionMetrics(MetricAccumulator):
     """``val/AP`` … ``val/ARl`` over the images seen; ``ground_truth`` is the split's COCO dict,
-    ``category_ids`` the model index → dataset id map, ``canvas`` the letterboxed input side."""
+    ``category_ids`` the model index → dataset id map, ``canvas`` the letterboxed input side;
+    ``predictions_only``: images without annotations, kept detections and no score."""
 
     summable: ClassVar[bool] = False
 
-    def __init__(self, ground_truth: dict[str, Any] | None, category_ids: Sequence[int], canvas: int, k: int = 100):
+    def __init__(self, ground_truth: dict[str, Any] | None, category_ids: Sequence[int], canvas: int, k: int = 100,
+                 category_names: Sequence[str] | None = None, score_threshold: float = 0.3,
+                 predictions_only: bool = False):
         self.ground_truth, self.category_ids, self.canvas, self.k = ground_truth, list(category_ids), canvas, k
+        self.category_names = [str(c) for c in category_ids] if category_names is None else list(category_names)
+        self.score_threshold, self.predictions_only = score_threshold, predictions_only
+        self._report: tuple[tuple[int, int], dict[str, Any]] | None = None
         self.detections: list[dict[str, Any]] = []
         self.image_ids: list[int] = []
         self.gt_images: list[dict[str, Any]] = []
         self.gt_annotations: list[dict[str, Any]] = []
 
     def update(self, predictions: dict[str, Any], targets: list[dict[str, Any]]) -> None:
-        """``targets`` carry ``image_id`` and the original ``size``; without a ``ground_truth`` dict they are
-        the ground truth too (their canvas boxes mapped back to pixels: the training view, crowd boxes out)."""
+        """``targets`` carry ``image_id`` and the original ``size``; without a ``ground_truth`` dict they
+        carry the ground truth too (:meth:`_add_ground_truth`)."""
         scores, labels, boxes = top_detections(predictions["logits"].float(), predictions["boxes"].float(), self.k)
         for i, t in enumerate(targets):
             size = tuple(int(v) for v in t["size"])  # original (W, H)
@@ -60,8 +68,18 @@ class CocoDetectionMetrics(MetricAccumulator):
                 self._add_ground_truth(t, size)
 
     def _add_ground_truth(self, target: dict[str, Any], size: tuple[int, int]) -> None:
+        """The image's ground truth: as the COCO file gives it when the batch carries it (``gt_*``: every box
+        in pixels, crowd flags, the annotations' areas), else its target boxes mapped back to pixels."""
         image_id = int(target["image_id"])
         self.gt_images.append({"id": image_id, "width": size[0], "height": size[1]})
+        if "gt_boxes" in target:
+            boxes = np.asarray(target["gt_boxes"], dtype=np.float64).reshape(-1, 4)
+            for box, cat, crowd, area in zip(boxes, target["gt_category_id"], target["gt_iscrowd"], target["gt_area"],
+                                             strict=True):
+                area = float(area) if np.isfinite(area) else float(box[2] * box[3])
+                self.gt_annotations.append({"image_id": image_id, "category_id": int(cat),
+                                            "bbox": [float(v) for v in box], "area": area, "iscrowd": int(crowd)})
+            return
         gt_boxes = canvas_to_image(torch.as_tensor(target["boxes"]).double().cpu().reshape(-1, 4), size, self.canvas)
         labels = torch.as_tensor(target["labels"]).reshape(-1)
         for d in to_coco_detections(image_id, gt_boxes, torch.ones(len(labels)), labels, size, self.category_ids):
@@ -84,10 +102,26 @@ class CocoDetectionMetrics(MetricAccumulator):
             return self.ground_truth
         anns = [{**a, "id": i + 1} for i, a in enumerate(self.gt_annotations)]
         return {"images": self.gt_images, "annotations": anns,
-                "categories": [{"id": c, "name": str(c)} for c in self.category_ids]}
+                "categories": [{"id": c, "name": n} for c, n in zip(self.category_ids, self.category_names,
+                                                                     strict=True)]}
+
+    def report(self) -> dict[str, Any]:
+        """:func:`~prism.tasks.detection.coco_report.detection_report` of the images seen (computed once per
+        state: ``compute`` and ``export`` of one epoch share it)."""
+        key = (len(self.detections), len(self.image_ids))
+        if self._report is None or self._report[0] != key:
+            self._report = (key, detection_report(self.truth(), self.detections, sorted(set(self.image_ids)),
+                                                  self.score_threshold))
+        return self._report[1]
 
     def compute(self, prefix: str = "val/") -> dict[str, float]:
+        if self.predictions_only:  # images without annotations (test-dev): detections, nothing to score
+            return {}
         if not self.image_ids:
             return {f"{prefix}{n}": float("nan") for n in STAT_NAMES}
-        stats = coco_box_stats(self.truth(), self.detections, sorted(set(self.image_ids)))
-        return {f"{prefix}{n}": v for n, v in stats.items()}
+        return {f"{prefix}{n}": v for n, v in self.report()["stats"].items()}
+
+    def export(self) -> dict[str, Any]:
+        """The report (per-class AP, PR curves, confidence of TP / FP, class counts), JSON-able; {} when no
+        image was seen."""
+        return self.report() if self.image_ids and not self.predictions_only else {}

@@ -21,6 +21,7 @@ from prism.tasks.base import PredictOptions, Task
 from prism.tasks.detection.augment import BoxTransform, canvas_to_image
 from prism.tasks.detection.batches import DetectionCollate
 from prism.tasks.detection.coco_eval import to_coco_detections
+from prism.tasks.detection.coco_report import COUNT_THRESHOLD
 from prism.tasks.detection.loss import SetCriterion
 from prism.tasks.detection.matcher import HungarianMatcher
 from prism.tasks.detection.metrics import CocoDetectionMetrics, top_detections
@@ -105,7 +106,9 @@ class DetectionTask(Task):
         return self.criterion(layers, targets)
 
     def metrics(self) -> CocoDetectionMetrics:
-        return CocoDetectionMetrics(None, self.category_ids, self.img_size, self.tcfg.max_detections)
+        return CocoDetectionMetrics(None, self.category_ids, self.img_size, self.tcfg.max_detections,
+                                    [c["name"] for c in self.categories],
+                                    self.tcfg.score_threshold or COUNT_THRESHOLD)
 
     # -- inference ---------------------------------------------------------------------------------
     def predictions(self, model: nn.Module, inputs: dict[str, torch.Tensor], tta: bool | list[str] = True
@@ -147,6 +150,23 @@ class DetectionTask(Task):
             rows.append({"image": r.get("image"), "n_detections": len(dets), "top_category": best.get("category"),
                          "top_score": best.get("score"), "detections": json.dumps(dets)})
         return pd.DataFrame(rows)
+
+    # -- reports ----------------------------------------------------------------------------------
+    def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """``pr_curves.png``, ``class_ap.png``, ``confidence.png`` and ``class_counts.png`` of a detection
+        report (:meth:`CocoDetectionMetrics.export`)."""
+        from prism.tasks.detection import figures as f
+
+        if "per_class" not in stats:
+            return {}
+        return {"pr_curves.png": f.pr_figure(stats), "class_ap.png": f.class_ap_figure(stats),
+                "confidence.png": f.confidence_figure(stats), "class_counts.png": f.class_counts_figure(stats)}
+
+    def tables(self, stats: dict[str, Any]) -> dict[str, pd.DataFrame]:
+        """``per_class.csv``: AP, AP50, AP75, ground-truth and predicted boxes of every category."""
+        import pandas as pd
+
+        return {"per_class.csv": pd.DataFrame(stats["per_class"])} if "per_class" in stats else {}
 
     # -- bundle -----------------------------------------------------------------------------------
     def label_maps(self) -> dict[str, Any]:
