@@ -68,11 +68,16 @@ def _order(name: str) -> tuple[int, str]:
     return {"head": 0, "lora": 2, "backbone": 4}[family] + bool(site), name
 
 
+FROZEN_PREFIX = "heads.frozen."
+"""Parameters under the heads' ``frozen`` submodule: part of the model, never trained."""
+
+
 def parameter_groups(model: nn.Module) -> dict[str, set[str]]:
     """Split the parameter names of `model` (as in `model.named_parameters()`) into the groups of the
     module docstring: "head", "head.<site>" per head site, "lora.<site>" per site (incl. "lora.backbone"
-    when the backbone has LoRA) and "backbone", in that order. Parameters outside backbone and heads
-    belong to no group. ValueError when the heads hold LoRA layers that no site records."""
+    when the backbone has LoRA) and "backbone", in that order. Parameters outside backbone and heads, and
+    those of the heads' ``frozen`` submodule (a frozen component a task's heads run, e.g. a CLIP text tower),
+    belong to no group: no stage trains them. ValueError when the heads hold LoRA layers that no site records."""
     names = [n for n, _ in model.named_parameters()]
     heads = getattr(model, "heads", None)
     lora = {f"backbone.{n}" for n in lora_parameter_names(model.backbone)}
@@ -86,6 +91,8 @@ def parameter_groups(model: nn.Module) -> dict[str, set[str]]:
     groups.update({f"lora.{s}": set() for s in sites})
     stray = []
     for name in names:
+        if name.startswith(FROZEN_PREFIX):
+            continue
         site = next((s for s, p in sites.items() if name.startswith(p)), None)
         if name in lora:
             if site is None:

@@ -1,7 +1,7 @@
 """Synthetic data sets generated on the fly (no download), for demos, tests and smoke runs.
 
 ``SYNTH_GENERATORS`` maps a generator name to ``fn(out_dir, n, size, seed, progress, overwrite, **options)
--> out_dir``; each writes ``out_dir/images/*.png`` and ``out_dir/labels.csv`` (``shapes``: ``out_dir/instances.json``, COCO) (``options``: what the task
+-> out_dir``; each writes ``out_dir/images/*.png`` and ``out_dir/labels.csv`` (``shapes``: ``out_dir/instances.json``, COCO; ``textseg``: the VOC layout) (``options``: what the task
 config asks for, e.g. the class names of ``sketches``).
 """
 
@@ -25,6 +25,7 @@ from prism.data.synth.circles import (
 )
 from prism.data.synth.shapes import generate_shapes
 from prism.data.synth.sketches import generate_sketches, write_sketch_ndjson
+from prism.data.synth.textseg import generate_textseg
 
 __all__ = [
     "CIRCULARITY",
@@ -42,11 +43,12 @@ __all__ = [
     "sample_circle_spec",
     "generate_shapes",
     "generate_sketches",
+    "generate_textseg",
     "write_sketch_ndjson",
 ]
 
 SYNTH_GENERATORS: dict[str, Callable[..., Path]] = {"circles": generate_circles, "sketches": generate_sketches,
-                                                    "shapes": generate_shapes}
+                                                    "shapes": generate_shapes, "textseg": generate_textseg}
 
 
 def get_synth_generator(name: str) -> Callable[..., Path]:
