@@ -136,8 +136,10 @@ def test_bundle_round_trip_predicts_the_same(case, tmp_path):
 
 
 def heads_buffers(model) -> list[tuple[str, torch.Tensor]]:
-    """The heads' floating-point buffers (state that is not a parameter, e.g. a fitted basis)."""
-    return [(n, b) for n, b in model.named_buffers() if n.startswith("heads.") and b.is_floating_point()]
+    """The heads' floating-point buffers (state that is not a parameter, e.g. a fitted basis); a frozen
+    component's (``heads.frozen.*``, rebuilt from its source and checked by hash) are not state."""
+    return [(n, b) for n, b in model.named_buffers()
+            if n.startswith("heads.") and not n.startswith("heads.frozen.") and b.is_floating_point()]
 
 
 def png(array: np.ndarray) -> bytes:
@@ -156,13 +158,14 @@ def test_serve_path_answers_what_the_predictor_answers(case, tmp_path, monkeypat
     task, model, batch = case
     write_bundle(tmp_path / "bundle", task.cfg, task, model, trainable_names_union(model, task.cfg.stages))
     files = [png(im) for im in batch["image"][:3]]
-    expected = Predictor.from_bundle(tmp_path / "bundle", device="cpu").predict(files, tta=True)
+    expected = Predictor.from_bundle(tmp_path / "bundle", device="cpu").predict(files, tta=True,
+                                                                                 options=task.example_options())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unused")
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "unused")
     served = ServedModel(f"sqlite:///{tmp_path}/mlflow.db", device="cpu")
     try:
         asyncio.run(served.reconfigure({"model_uri": str(tmp_path / "bundle")}))
-        options = served.request_options({})
+        options = served.request_options(task.example_options())
         items = [served.prepare(data, f"image_{i}", options) for i, data in enumerate(files)]
         got = run_batch(served.loaded().predictor, items)
     finally:

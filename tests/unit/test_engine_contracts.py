@@ -26,7 +26,7 @@ def test_loading_and_printing_a_config_imports_no_torch():
 
 
 def test_the_task_union_names_registered_tasks():
-    with pytest.raises(ConfigError, match="unknown task 'multihed'; registered tasks: classify, detection, features, multihead. Did you mean 'multihead'"):
+    with pytest.raises(ConfigError, match="unknown task 'multihed'; registered tasks: classify, detection, features, multihead, segment. Did you mean 'multihead'"):
         load_config(CIRCLES_JOB, ["task.name=multihed"])
 
 

@@ -25,7 +25,7 @@ from prism.backbones.base import seeded, state_dict_sha256
 from prism.backbones.clip import SPECS, OpenClipSpec
 from prism.backbones.weights import load_state_dict_strict, read_checkpoint
 
-__all__ = ["ClipTextTower", "create_text_tower", "text_tower_names"]
+__all__ = ["ClipTextTower", "create_text_tower", "text_tokenizer", "text_tower_names"]
 
 _SPECS: dict[str, OpenClipSpec] = {spec.name: spec for spec in SPECS}
 _TINY_TEXT = {"width": 32, "heads": 2, "layers": 2}  # clip_tiny's text tower: test architecture
@@ -34,6 +34,14 @@ _TINY_TEXT = {"width": 32, "heads": 2, "layers": 2}  # clip_tiny's text tower: t
 def text_tower_names() -> list[str]:
     """The registered CLIP backbones, each of which has a text tower."""
     return sorted(_SPECS)
+
+
+def text_tokenizer(name: str):
+    """The open_clip tokenizer of the registered CLIP backbone ``name``: ``tok(list of N strings)`` → (N, L)
+    int64 token ids (L = 77 for OpenAI's CLIP); what a data pipeline calls without building the tower."""
+    if name not in _SPECS:
+        raise ValueError(f"{name!r} has no text tower; CLIP backbones: {', '.join(text_tower_names())}")
+    return open_clip.get_tokenizer(_SPECS[name].arch)
 
 
 class ClipTextTower(nn.Module):

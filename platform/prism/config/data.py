@@ -11,15 +11,15 @@ from pydantic import Field, field_validator, model_validator
 from prism.config.schema import StrictModel
 
 __all__ = ["AugmentConfig", "CocoDataConfig", "DataConfig", "ImagesConfig", "SyntheticDataConfig", "VideoConfig",
-           "WebDatasetConfig"]
+           "VocDataConfig", "WebDatasetConfig"]
 
 
 class SyntheticDataConfig(StrictModel):
     """Data made by a generator when no dataset is given (demos and tests)."""
 
-    generator: Literal["circles", "sketches", "shapes"] | None = Field(
+    generator: Literal["circles", "sketches", "shapes", "textseg"] | None = Field(
         default=None, description="None = the task's generator (multihead: circles, classify: sketches, "
-        "detection: shapes)."
+        "detection: shapes, segment: textseg)."
     )
     n: int = Field(default=600, ge=10)
     size: int = Field(default=128, ge=16)
@@ -100,6 +100,25 @@ class CocoDataConfig(StrictModel):
                                 "epochs and a higher LR (jobs/shapes_overfit.yaml).")
 
 
+class VocDataConfig(StrictModel):
+    """Segmentation masks in the VOC layout (``data.source: voc``): ``root/JPEGImages``,
+    ``root/SegmentationClass`` and ``root/ImageSets/Segmentation/<split>.txt``."""
+
+    root: Path | None = Field(default=None, description="The VOC folder; None = synthetic circles and squares.")
+    train_split: str | None = Field(default="train", description="ImageSets/Segmentation/<split>.txt of the "
+                                    "training ids; None = every image (then data.val_fraction holds some out).")
+    val_split: str | None = Field(default="val", description="The validation ids' list; None = data.val_fraction "
+                                  "of the training images, by data.split_seed.")
+    train_list: Path | None = Field(default=None, description="Another list file of training ids (wins over "
+                                    "train_split).")
+    val_list: Path | None = Field(default=None, description="Another list file of validation ids.")
+    images: Path | None = Field(default=None, description="The image folder; None = root/JPEGImages.")
+    masks: Path | None = Field(default=None, description="The mask folder; None = root/SegmentationClass.")
+    prompts: Path | None = Field(default=None, description="A JSON {image id: prompt text}: those images are "
+                                 "prompted by their own text (foreground: every class); the others by "
+                                 "task.classes.")
+
+
 class ImagesConfig(StrictModel):
     """An unlabelled image collection (``data.source: images``): the files under ``data.root`` or the ones a
     list file names."""
@@ -136,14 +155,16 @@ class VideoConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where images and labels come from and how they are split and fed."""
 
-    source: Literal["csv", "webdataset", "images", "video", "coco"] | None = Field(
+    source: Literal["csv", "webdataset", "images", "video", "coco", "voc"] | None = Field(
         default=None, description="csv: an image folder + labels CSV (data.root / data.labels); webdataset: "
         "tar shards (data.webdataset); images: an unlabelled image collection (data.images); video: video "
-        "files (data.video); coco: COCO detection JSON (data.coco). None = the first the task reads (csv for the classifiers, images for features).",
+        "files (data.video); coco: COCO detection JSON (data.coco); voc: segmentation masks in the VOC layout "
+        "(data.voc). None = the first the task reads (csv for the classifiers, images for features).",
     )
     webdataset: WebDatasetConfig = Field(default_factory=WebDatasetConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     coco: CocoDataConfig = Field(default_factory=CocoDataConfig)
+    voc: VocDataConfig = Field(default_factory=VocDataConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
 
     root: Path | None = Field(

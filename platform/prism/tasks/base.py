@@ -113,6 +113,10 @@ class Task(ABC):
     def example_batch(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``n`` synthetic rows as a Ray Data batch of this task (what its datasets feed the collate class)."""
 
+    def example_options(self) -> dict[str, Any]:
+        """Request options a request of the example job needs (e.g. a segmenter's ``prompt``); {} by default."""
+        return {}
+
     # -- model ------------------------------------------------------------------------------------
     @abstractmethod
     def build_heads(self, backbone: Backbone) -> nn.Module:

@@ -83,3 +83,5 @@ register_task("features", config="prism.tasks.features.config:FeaturesTaskConfig
               task="prism.tasks.features.task:FeaturesTask")
 register_task("detection", config="prism.tasks.detection.config:DetectionTaskConfig",
               task="prism.tasks.detection.task:DetectionTask")
+register_task("segment", config="prism.tasks.segment.config:SegmentTaskConfig",
+              task="prism.tasks.segment.task:SegmentTask")

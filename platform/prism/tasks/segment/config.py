@@ -1,0 +1,76 @@
+"""Config of the text-prompted segmentation task (torch-free): SAM's decoder type and checkpoint, the
+decoder grid, the CLIP text tower that encodes prompts, the class prompts, the loss weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from prism.config.schema import StrictModel
+from prism.tasks.config import TaskConfig
+
+__all__ = ["SegmentLossConfig", "SegmentTaskConfig", "TextTowerConfig"]
+
+
+class TextTowerConfig(StrictModel):
+    """The frozen CLIP text tower whose embedding of the prompt conditions the decoder."""
+
+    name: str = Field(default="clip_vitb16", description="A registered CLIP backbone (prism backbones); its text "
+                      "tower is used, never trained.")
+    pretrained: bool = Field(default=True, description="open_clip's published weights (needs the hub once).")
+    weights: Path | None = Field(default=None, description="A local CLIP checkpoint instead (offline).")
+    seed: int = Field(default=0, description="Random init seed when neither pretrained nor weights (tests).")
+
+
+class SegmentLossConfig(StrictModel):
+    """Dice + binary cross-entropy on the prompted object's mask (void pixels ignored)."""
+
+    dice_weight: float = Field(default=1.0, ge=0)
+    bce_weight: float = Field(default=1.0, ge=0)
+
+
+class SegmentTaskConfig(TaskConfig):
+    """The mask of the object a text prompt names, from SAM's decoder on the backbone's patches."""
+
+    name: Literal["segment"] = "segment"
+    default_metric: ClassVar[str] = "val/iou"
+    default_mode: ClassVar[Literal["max", "min"]] = "max"
+    summary_metrics: ClassVar[tuple[str, ...]] = ("val/iou", "val/dice")
+    data_sources: ClassVar[tuple[str, ...]] = ("voc",)
+    synthetic_generator: ClassVar[str] = "textseg"
+
+    sam_type: Literal["vit_b", "vit_l", "vit_h", "tiny"] = Field(
+        default="vit_b", description="SAM's prompt encoder / mask decoder (vit_b, vit_l, vit_h share one: 256 "
+        "channels); tiny: 32 channels, for tests.")
+    sam_checkpoint: Path | None = Field(
+        default=None, description="An official SAM checkpoint (sam_vit_b_01ec64.pth …): its prompt_encoder.* and "
+        "mask_decoder.* initialise the decoder (strictly); None = random init.")
+    decoder_grid: int = Field(default=64, ge=2, description="The image embedding's side in cells (SAM: 64); "
+                              "masks come out at 4x it.")
+    text: TextTowerConfig = Field(default_factory=TextTowerConfig)
+    text_tokens: int = Field(default=2, ge=1, description="Sparse prompt tokens the text embedding becomes.")
+    classes: dict[int, str] | None = Field(
+        default=None, description="Class index in the masks → its prompt text; None = the data's classes.json "
+        "(the synthetic set's: 1 circle, 2 square).")
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="Mask probability threshold (metrics, default "
+                             "of the request option).")
+    loss: SegmentLossConfig = Field(default_factory=SegmentLossConfig)
+
+    def complete(self, data: Any) -> None:
+        """``classes`` from ``<data.voc.root>/classes.json`` (or the synthetic set's) when unset."""
+        if self.classes is not None:
+            return
+        if data.voc.root is None:
+            from prism.data.synth.textseg import TEXTSEG_CLASSES
+
+            self.classes = dict(TEXTSEG_CLASSES)
+            return
+        path = Path(data.voc.root) / "classes.json"
+        try:
+            self.classes = {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"task.classes is unset and {path} cannot be read ({e}); give task.classes "
+                             "{index: prompt text}") from None
