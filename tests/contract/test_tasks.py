@@ -20,7 +20,7 @@ from PIL import Image
 from prism.adapters import apply_stage, trainable_names_union
 from prism.config import JobConfig
 from prism.engine.inputs import model_inputs, to_device, unbatch
-from prism.engine.model import build_model
+from prism.engine.model import build_model, check_plan
 from prism.engine.predict import predict_batch
 from prism.inference.bundle import load_bundle, write_bundle
 from prism.inference.predictor import Predictor
@@ -51,6 +51,13 @@ def batches(task, batch: dict[str, np.ndarray], batch_size: int):
 
 def device_inputs(model, inputs):
     return model_inputs(inputs, "cpu", model.backbone.mean, model.backbone.std)
+
+
+def test_the_drivers_plan_check_builds_the_model_on_meta(case):
+    """``run_training``'s first step: the model built on the meta device (no weights read, nothing hashed)
+    and every stage checked against it."""
+    task, _, _ = case
+    check_plan(task.cfg, task)
 
 
 def test_collate_loss_backward(case):

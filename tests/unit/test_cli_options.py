@@ -26,6 +26,34 @@ def test_predict_takes_the_tasks_options_and_names_the_accepted_ones(tmp_path, c
     assert "must look like key=value" in capsys.readouterr().err
 
 
+def test_predict_asks_a_segmenter_for_its_prompt_and_writes_mask_files(tmp_path, capsys):
+    import torch
+
+    from prism.config import JobConfig
+    from prism.engine.model import build_model
+    from prism.inference.bundle import write_bundle
+    from prism.tasks import task_class
+
+    cfg = JobConfig.model_validate(task_class("segment").example_job())
+    task = task_class("segment")(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    write_bundle(tmp_path / "seg", cfg, task, model, [n for n, p in model.named_parameters() if p.requires_grad])
+    images = sample_images(tmp_path / "img", n=2)
+    assert main(["predict", "--model", str(tmp_path / "seg"), *map(str, images)]) == 2
+    assert "give a prompt" in capsys.readouterr().err
+    out = tmp_path / "masks.csv"
+    assert main(["predict", "--model", str(tmp_path / "seg"), *map(str, images), "--option", "prompt=circle",
+                 "--out", str(out)]) == 0
+    import pandas as pd
+    from PIL import Image
+
+    frame = pd.read_csv(out)
+    assert list(frame["prompt"]) == ["circle", "circle"]
+    for image, mask in zip(images, frame["mask"], strict=True):
+        assert Image.open(tmp_path / mask).size == Image.open(image).size  # at the image's own size
+
+
 def test_train_on_a_features_job_points_to_prism_features(capsys):
     from prism.cli.main import main
     from tests.conftest import ROOT

@@ -92,16 +92,54 @@ def test_unknown_train_metric_is_refused_before_training(circles_raw):
 
 @pytest.mark.parametrize("job", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_job_specs_load_and_their_plans_fit_their_models(job, tmp_path, monkeypatch):
+    from prism.config.extends import read_job_spec
     from prism.engine.model import check_plan
     from prism.tasks import build_task
 
-    classes_file = (yaml.safe_load(job.read_text())["task"] or {}).get("classes_file")
+    classes_file = (read_job_spec(job)["task"] or {}).get("classes_file")
     if classes_file and not Path(classes_file).is_absolute():  # written by a data step the job's comment names
         monkeypatch.chdir(tmp_path)
         (tmp_path / classes_file).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / classes_file).write_text("\n".join(f"class_{i}" for i in range(275)) + "\n")
     cfg = load_config(job)
     check_plan(cfg, build_task(cfg))  # on the meta device: groups, learning rates, blocks
+
+
+def test_a_spec_extends_another_merging_mappings_and_replacing_lists(tmp_path):
+    base = yaml.safe_load(CIRCLES_JOB.read_text())
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "specs" / "child.yaml").write_text(yaml.safe_dump({
+        "extends": "../base.yaml", "lora": {"rank": 3}, "stages": [base["stages"][0]]}))
+    cfg = load_config(tmp_path / "specs" / "child.yaml", ["lora.alpha=5"])
+    assert (cfg.lora.rank, cfg.lora.alpha) == (3, 5.0)  # merged key by key, then overridden
+    assert cfg.lora.last_k == load_config(CIRCLES_JOB).lora.last_k  # the rest of the section: the base's
+    assert len(cfg.stages) == 1  # a list replaces the base's
+    (tmp_path / "loop_a.yaml").write_text("extends: loop_b.yaml\n")
+    (tmp_path / "loop_b.yaml").write_text("extends: loop_a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle: .*loop_a.yaml → .*loop_b.yaml → .*loop_a.yaml"):
+        load_config(tmp_path / "loop_a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(ConfigError, match="job spec not found: .*gone.yaml \\(extended by .*orphan.yaml\\)"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "two.yaml").write_text("extends: [a.yaml, b.yaml]\n")
+    with pytest.raises(ConfigError, match="extends must name one job spec file"):
+        load_config(tmp_path / "two.yaml")
+
+
+def test_the_voc_stage_jobs_grow_one_plan(tmp_path):
+    """Stage N's job runs stages 1..N with stage N-1's stages unchanged (so it resumes from N-1's checkpoint),
+    and all four share one model (the same LoRA sites): what a resumed run needs."""
+    specs = [load_config(ROOT / "jobs" / f"voc_textseg_stage{n}.yaml") for n in range(1, 5)]
+    for n, cfg in enumerate(specs, start=1):
+        assert len(cfg.stages) == n
+        assert cfg.model_dump(exclude={"stages"}) == specs[0].model_dump(exclude={"stages"})
+        if n > 1:
+            assert cfg.stages[:-1] == specs[n - 2].stages
+    stage4 = specs[-1].stages
+    assert stage4[0].lora_sites == ["decoder"] and stage4[0].kind == "lora"
+    assert "backbone" in stage4[1].lora_sites and "decoder_final" in stage4[2].lora_sites
+    assert stage4[3].kind == "unfreeze" and stage4[3].blocks == "all" and "backbone" not in stage4[3].lora_sites
 
 
 def test_a_task_config_module_may_be_a_program_s_first_import():

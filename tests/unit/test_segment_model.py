@@ -99,8 +99,11 @@ def test_two_prompts_give_two_masks_and_the_text_projection_learns(heads):
     assert out["masks"].shape == (2, 32, 32) and out["iou"].shape == (2,)
     with torch.no_grad():
         same = h(feats, {"text_tokens": tower.tokenizer(["a circle", "a circle"])})["masks"]
-    torch.testing.assert_close(same[0], same[1], atol=0, rtol=0)  # the same image and prompt: the same mask
-    assert not torch.allclose(out["masks"][0], out["masks"][1], atol=1e-7, rtol=0)  # another prompt: another mask
+    # the same image and prompt: the same mask, up to the float noise of batched kernels (rows are summed in
+    # different orders); another prompt: a mask at least 100x further apart than that noise
+    noise = float((same[0] - same[1]).abs().max())
+    assert noise <= 1e-6
+    assert float((out["masks"][0] - out["masks"][1]).abs().max()) > max(100 * noise, 1e-6)
     h.zero_grad()
     out["masks"].square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in h.text_proj.parameters())

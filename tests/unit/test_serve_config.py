@@ -31,7 +31,8 @@ CONFIG = ROOT / "serve_configs" / "circles.yaml"
 
 
 @pytest.mark.parametrize(("name", "model"), [("circles.yaml", "circles"), ("classify.yaml", "sketches"),
-                                             ("features.yaml", "faces-pca"), ("detect.yaml", "shapes-detect")])
+                                             ("features.yaml", "faces-pca"), ("detect.yaml", "shapes-detect"),
+                                             ("segment.yaml", "shapes-textseg")])
 def test_shipped_configs_are_valid_serve_configs_with_resolvable_builder(name, model):
     schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_configs" / name).read_text()))
     (app,) = schema.applications

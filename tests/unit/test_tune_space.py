@@ -165,7 +165,8 @@ def test_keys_that_change_the_datasets(key, per_trial):
 
 @pytest.mark.parametrize(("name", "job"), [("lora.yaml", CIRCLES_JOB), ("quick.yaml", CIRCLES_JOB),
                                          ("classify.yaml", ROOT / "jobs" / "sketches.yaml"),
-                                         ("detect.yaml", ROOT / "jobs" / "shapes_detect.yaml")])
+                                         ("detect.yaml", ROOT / "jobs" / "shapes_detect.yaml"),
+                                         ("segment.yaml", ROOT / "jobs" / "shapes_textseg.yaml")])
 def test_shipped_spaces_validate_against_their_job(name, job):
     from prism.tune.sweep import sweep_config
 

@@ -53,7 +53,9 @@ class ClipTextTower(nn.Module):
         self.tokenizer = tokenizer
         self.name = name
         self.embedding_dim = int(embedding_dim)
-        self.weights_sha256 = state_dict_sha256(self.model)
+        # built on the meta device (plan checks: shapes only), there are no bytes to hash
+        on_meta = any(p.is_meta for p in self.model.parameters())
+        self.weights_sha256 = "" if on_meta else state_dict_sha256(self.model)
 
     def train(self, mode: bool = True) -> ClipTextTower:  # frozen: always in eval mode
         return super().train(False)

@@ -142,8 +142,11 @@ def _cmd_predict(args) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"--option: {problems}; task '{pred.task.name}' accepts: {accepted}") from None
     paths = expand_image_paths(args.images)
-    results = pred.predict([str(p) for p in paths], batch_size=args.batch_size, options=options,
-                           progress=len(paths) > args.batch_size)
+    try:  # the task's checks of an image and its options (a missing prompt, an undecodable file) name the input
+        results = pred.predict([str(p) for p in paths], batch_size=args.batch_size, options=options,
+                               progress=len(paths) > args.batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     fmt = args.format or ("json" if args.out is not None and args.out.suffix == ".json" else "csv")
     _write_results(pred, results, args.out, fmt)
     return 0

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from prism.config.data import DataConfig
+from prism.config.extends import read_job_spec
 from prism.config.schema import ConfigError, StrictModel, format_validation_error
 from prism.tasks.registry import list_tasks, task_config_classes, unknown_task_message
 
@@ -307,19 +308,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 raw: dict[str, Any] | None = None) -> JobConfig:
-    """Read a YAML job spec (or a ``raw`` dict), apply overrides, validate. Raises :class:`ConfigError`."""
+    """Read a YAML job spec (its ``extends`` chain resolved, :mod:`prism.config.extends`) or take a ``raw``
+    dict, apply overrides, validate. Raises :class:`ConfigError`."""
     if raw is None:
         if path is None:
             raise ConfigError("give a job spec path or a raw config dict")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"job spec not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p} must hold a mapping of sections, got {type(raw).__name__}")
+        raw = read_job_spec(path)
     merged = apply_overrides(raw, list(overrides or []))
     try:
         return JobConfig.model_validate(merged)

@@ -245,7 +245,11 @@ class ServedModel:
         """
         image = open_checked(data, name, self._settings.max_image_pixels if max_pixels is None else max_pixels)
         predictor = self.loaded().predictor
-        return Item(data, name, predictor.prepare(image, name, options), id(predictor), options)
+        try:  # the task's checks of an image with its options (e.g. a segmenter's missing prompt): the caller's
+            prepared = predictor.prepare(image, name, options)
+        except ValueError as exc:
+            raise RequestError(400, "invalid_request", f"{name}: {exc}") from None
+        return Item(data, name, prepared, id(predictor), options)
 
     async def _predict_batch(self, items: list[Item]) -> list[dict[str, Any]]:
         """The batcher's function: images of any callers → one result each."""

@@ -126,9 +126,11 @@ class SegmentTask(Task):
         return heads
 
     def lora_sites(self) -> dict[str, HeadSite]:
-        """``decoder``: the attention projections of SAM's two-way transformer (every block, and its
-        final token-to-image attention)."""
-        return {"decoder": HeadSite("mask_decoder.transformer", DECODER_ATTENTION)}
+        """``decoder``: the attention projections of the blocks of SAM's two-way transformer (self-attention,
+        token-to-image and image-to-token cross-attention); ``decoder_final``: its final token-to-image
+        cross-attention (the stage plan's tiny late adapter)."""
+        return {"decoder": HeadSite("mask_decoder.transformer.layers", DECODER_ATTENTION),
+                "decoder_final": HeadSite("mask_decoder.transformer.final_attn_token_to_image", DECODER_ATTENTION)}
 
     # -- data --------------------------------------------------------------------------------------
     def build_datasets(self, img_size: int):
