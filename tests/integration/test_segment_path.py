@@ -158,3 +158,48 @@ def test_serve_batches_requests_with_different_prompts(trained, workdir):
         assert missing.status_code == 400 and "give a prompt" in missing.text
     finally:
         serve.shutdown()
+
+
+def test_prism_evaluate_scores_each_prompted_row_as_scikit_learn_does(trained, workdir):
+    """``prism evaluate`` of the registered model on its validation split: pooled and per-image IoU / Dice
+    equal scikit-learn's on the mask PNGs it writes against the VOC masks; overlays, per-prompt table,
+    histogram and report written, logged as an MLflow run."""
+    import json
+
+    import mlflow
+    import pandas as pd
+    from sklearn.metrics import f1_score, jaccard_score
+
+    from prism.cli.main import main
+
+    cfg, _ = trained
+    out = workdir / "seg_eval"
+    n = 6
+    assert main(["evaluate", "--model", "models:/textseg-it@champion", "--out", str(out), "--first", str(n),
+                 "--samples", str(n)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    rows = pd.read_csv(out / "per_image.csv", dtype={"id": str})
+    assert len(rows) == n and set(rows["prompt"]) <= {"circle", "square"}
+    _, labels = held_out(cfg)
+    from prism.data.voc_datasets import voc_root
+
+    root = voc_root(cfg)
+    ids = (root / "ImageSets/Segmentation/val.txt").read_text().split()
+    truth_all, pred_all = [], []
+    for row in rows.itertuples():
+        label = labels[ids.index(row.id)]
+        truth = (label == (1 if row.prompt == "circle" else 2)).ravel()
+        pred = (np.asarray(Image.open(out / "masks" / f"{row.id}_{row.prompt}.png")) > 0).ravel()
+        assert row.iou == pytest.approx(jaccard_score(truth, pred, zero_division=1), abs=1e-9)
+        assert row.dice == pytest.approx(f1_score(truth, pred, zero_division=1), abs=1e-9)
+        truth_all.append(truth)
+        pred_all.append(pred)
+        assert (out / "overlays" / f"{row.id}_{row.prompt}.png").stat().st_size > 0
+    assert metrics["iou"] == pytest.approx(jaccard_score(np.concatenate(truth_all), np.concatenate(pred_all)),
+                                           abs=1e-9)
+    assert metrics["image/iou"] == pytest.approx(rows["iou"].mean(), abs=1e-9)
+    for name in ("iou_per_image.png", "per_prompt.csv", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment],
+                              filter_string="tags.`prism.kind` = 'evaluation'", output_format="list")
+    assert len(runs) == 1 and runs[0].data.metrics["eval/iou"] == pytest.approx(metrics["iou"])

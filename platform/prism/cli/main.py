@@ -21,6 +21,7 @@ EPILOG = """examples:
   prism predict --model models:/circles@champion images/ --out preds.csv
   prism evaluate --model models:/circles@champion --labels data/labels.csv
   prism evaluate --model models:/shapes-detect@champion --coco instances_val2017.json --images val2017/
+  prism evaluate --model models:/shapes-textseg@champion --voc VOC2012/ --split val --threshold 0.4
   prism train jobs/shapes_detect.yaml --eval-only          score the job's registered model on its validation split
   prism data synth circles --n 600 --out data/circles
   prism serve serve_configs/circles.yaml --port 8000    HTTP API on Ray Serve (OpenAPI docs at /docs)
@@ -83,7 +84,7 @@ def _eval_only(cfg, args) -> int:
     pred.cfg = pred.cfg.model_copy(update={"data": cfg.data})  # the job's data, e.g. with val_subset lifted
     return _run_evaluation(pred, argparse.Namespace(
         labels=None, root=None, on_bad_rows=None, coco=None, images=None, first=None, samples=args.samples,
-        no_tta=False, batch_size=args.batch_size, out=args.out, log_run=args.log_run), source,
+        voc=None, split="val", list_file=None, threshold=None, no_tta=False, batch_size=args.batch_size, out=args.out, log_run=args.log_run), source,
         cfg.tracking.tracking_uri)
 
 
@@ -190,9 +191,22 @@ def _run_evaluation(pred, args, model: str, tracking_uri: str | None = None) -> 
         except ValueError as e:
             raise ConfigError(str(e)) from None
         report = evaluate(pred, rows=rows, tta=not args.no_tta, batch_size=args.batch_size)
+    elif task == "segment":
+        from prism.tasks.segment.evaluation import select_voc_rows
+
+        if args.labels is not None or args.root is not None or args.coco is not None:
+            raise ConfigError("a segmentation model is scored on a VOC folder: --voc DIR [--split NAME | --list "
+                              "FILE] (without --voc: its validation split)")
+        try:
+            seg_rows = select_voc_rows(pred, args.voc, args.split, args.list_file, args.first, args.threshold)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        report = evaluate(pred, rows=seg_rows, tta=not args.no_tta, batch_size=args.batch_size)
     else:
         if args.coco is not None or args.images is not None or args.first is not None:
             raise ConfigError(f"--coco, --images and --first are for detection models; this is a {task!r} model")
+        if args.voc is not None or args.list_file is not None or args.threshold is not None:
+            raise ConfigError(f"--voc, --list and --threshold are for segmentation models; this is a {task!r} model")
         report = evaluate(pred, args.labels, tta=not args.no_tta, batch_size=args.batch_size,
                           on_bad_rows=args.on_bad_rows, image_root=args.root)
     print(f"[prism] scored {report.describe()}")
@@ -202,6 +216,10 @@ def _run_evaluation(pred, args, model: str, tracking_uri: str | None = None) -> 
     written = report.save(args.out, pred.task)
     if task == "detection":
         written += write_detection_outputs(report, args.out, samples=args.samples)
+    if task == "segment":
+        from prism.tasks.segment.evaluation import write_segment_outputs
+
+        written += write_segment_outputs(report, pred, seg_rows, args.out, args.samples, args.threshold)
     written.append(report.write_summary(args.out, model, written))
     print(f"[prism] {report.n_images} images ({report.skipped} skipped); wrote {args.out}/: "
           f"{', '.join(sorted({str(p.relative_to(args.out).parts[0]) for p in written}))}")
@@ -361,6 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--first", type=int, default=None, help="score the first N images only (a 'mini' evaluation)")
     d.add_argument("--samples", type=int, default=8,
                    help="images drawn with their ground truth and detections into samples/ (default 8)")
+    g = p.add_argument_group("segmentation models (IoU, Dice, … per image and pooled)")
+    g.add_argument("--voc", type=Path, default=None,
+                   help="a VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/) whose masks are "
+                   "prompted by the model's classes (default: the model's validation split)")
+    g.add_argument("--split", default="val", help="with --voc: ImageSets/Segmentation/<split>.txt (default val; all: every image)")
+    g.add_argument("--list", dest="list_file", type=Path, default=None, help="with --voc: a list file of image ids")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="mask probability threshold (default: the model's task.threshold); --first and --samples "
+                   "(predicted masks and overlays into masks/ and overlays/) apply too")
     z = p.add_argument_group("zero-shot on held-out classes (classify models)")
     z.add_argument("--zero-shot", choices=["text", "prototypes"], default=None,
                    help="text: CLIP text embeddings of the class names (CLIP backbones); prototypes: SHOTS support "

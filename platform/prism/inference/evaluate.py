@@ -19,6 +19,7 @@ loop.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,14 @@ class EvalRows:
     rows: pd.DataFrame
     skipped: int
     scored: dict[str, Any]
-    columns: dict[str, np.ndarray] | None = None
-    """Per-row batch columns beside the image (default: the ``y_<head>`` columns of ``rows``)."""
+    columns: dict[str, np.ndarray] | Callable[[int, int], dict[str, np.ndarray]] | None = None
+    """Per-row batch columns beside the image (default: the ``y_<head>`` columns of ``rows``), or a function
+    ``(start, stop) -> columns of those rows`` that loads them batch by batch (e.g. masks, too many to hold)."""
     metrics: Any = None
     """The accumulator that scores them (default: ``task.metrics()``)."""
+    options: list[dict[str, Any]] | None = None
+    """Per-row request options (e.g. each row's segmentation prompt), laid over the evaluation's own; each
+    image is prepared with its row's, as ``prism predict`` and Serve prepare it."""
 
 
 @dataclass
@@ -193,10 +198,13 @@ def evaluate(predictor: Predictor, labels_csv: Path | None = None, image_column:
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="evaluate", unit="batch")
+    row_opts = ([predictor.options({**opts.model_dump(exclude_none=True), **o}) for o in selected.options]
+                if selected.options is not None else [opts] * len(paths))
     for start in steps:
         chunk = paths[start:start + batch_size]
-        batch = stack_inputs([predictor.prepare(p, p, opts)[0] for p in chunk])
-        batch.update({k: v[start:start + len(chunk)] for k, v in columns.items()})
+        batch = stack_inputs([predictor.prepare(p, p, o)[0] for p, o in zip(chunk, row_opts[start:], strict=False)])
+        batch.update(columns(start, start + len(chunk)) if callable(columns) else
+                     {k: v[start:start + len(chunk)] for k, v in columns.items()})
         inputs, targets = collate(batch)  # the collate class training's validation batches go through
         inputs = model_inputs(inputs, predictor.device, model.backbone.mean, model.backbone.std)
         preds = predict_batch(task, model, inputs, tta=bool(opts.tta), amp=predictor.cfg.train.amp)

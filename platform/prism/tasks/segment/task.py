@@ -200,6 +200,27 @@ class SegmentTask(Task):
         return pd.DataFrame([{"image": r.get("image"), "prompt": r.get("prompt"), "mask": r.get("mask"),
                               "area": r.get("area"), "score": r.get("score")} for r in results])
 
+    # -- reports ----------------------------------------------------------------------------------
+    def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """``iou_per_image.png``: the spread of per-image IoU, one histogram per prompt."""
+        from prism.tasks.segment.figures import iou_histogram
+
+        return {"iou_per_image.png": iou_histogram(stats["per_image"])} if stats.get("per_image") else {}
+
+    def tables(self, stats: dict[str, Any]) -> dict[str, pd.DataFrame]:
+        """``per_image.csv``: id, prompt, IoU, Dice, accuracy, precision, recall, F1 and scored pixels of each
+        (image, prompt) row; ``per_prompt.csv``: their means per prompt."""
+        import pandas as pd
+
+        if not stats.get("per_image"):
+            return {}
+        from prism.tasks.segment.metrics import METRICS, ROW_KEYS
+
+        rows = pd.DataFrame(stats["per_image"], columns=list(ROW_KEYS))
+        per_prompt = rows.groupby("prompt", as_index=False).agg(
+            rows=("id", "size"), **{f"mean_{m}": (m, "mean") for m in METRICS})
+        return {"per_image.csv": rows, "per_prompt.csv": per_prompt}
+
     # -- bundle -----------------------------------------------------------------------------------
     def label_maps(self) -> dict[str, Any]:
         return {"classes": {str(k): v for k, v in self.classes.items()}}
