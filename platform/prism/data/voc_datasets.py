@@ -80,7 +80,7 @@ def build_voc_datasets(cfg: JobConfig, img_size: int) -> TrainData:
     datasets = {}
     for name, table, is_train in (("train", train, True), ("val", val, False)):
         decode = DecodeSegmentation(img_size, cfg.task.text.name, train=is_train, hflip=d.augment.hflip,
-                                    crop_scale=tuple(d.augment.crop_scale))
+                                    crop_scale=tuple(d.augment.crop_scale), jitter=cfg.task.jitter)
         ds = rows_dataset(table.rows, d.map_batch_size).map_batches(decode, batch_size=d.map_batch_size)
         configure_context(ds.context, d.deterministic)
         datasets[name] = ds

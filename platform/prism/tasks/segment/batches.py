@@ -6,7 +6,8 @@ prompt's CLIP tokens (a Ray Data ``map_batches`` callable); the collate class fo
     rows   {"id", "image", "mask", "class_index", "prompt"}                 (prism.data.voc.read_voc)
       └─ DecodeSegmentation(size, text_backbone, train)
     batch  {"image": uint8 (B, S, S, 3), "mask": uint8 (B, S, S) 0 / 1 / 255 void,
-            "text_tokens": int64 (B, L), "id": (B,) str, "prompt": (B,) str}
+            "text_tokens": int64 (B, L), "id": (B,) str, "prompt": (B,) str
+            [, "points": float32 (B, N, 2), "point_labels": int64 (B, N)]}      with task.jitter (geometry.py)
       └─ SegmentationCollate
     (inputs {"image": uint8 (B, S, S, 3), "text_tokens": (B, L)},
      targets {"mask": uint8 (B, S, S), "id": [B str], "prompt": [B str]})
@@ -40,9 +41,11 @@ class DecodeSegmentation:
     """``map_batches`` callable: VOC rows → the batch of the module docstring."""
 
     def __init__(self, size: int, text_backbone: str, train: bool = False, hflip: bool = True,
-                 crop_scale: tuple[float, float] = (0.6, 1.0)):
+                 crop_scale: tuple[float, float] = (0.6, 1.0), jitter=None):
         self.size, self.text_backbone, self.train = size, text_backbone, train
         self.hflip, self.crop_scale = hflip, tuple(crop_scale)
+        self.jitter = jitter if jitter is not None and jitter.slots > 0 else None
+        self._rng = np.random.default_rng()
         self._tokenizer = None
         self._transform = None
 
@@ -83,8 +86,18 @@ class DecodeSegmentation:
             images[i] = image_t.permute(1, 2, 0).numpy()
             masks[i] = mask_t[0].numpy()
         tokens = self._tokenizer([str(p) for p in batch["prompt"]]).numpy().astype(np.int64)
-        return {"image": images, "mask": masks, "text_tokens": tokens,
-                "id": np.asarray(batch["id"], dtype=object), "prompt": np.asarray(batch["prompt"], dtype=object)}
+        out = {"image": images, "mask": masks, "text_tokens": tokens,
+               "id": np.asarray(batch["id"], dtype=object), "prompt": np.asarray(batch["prompt"], dtype=object)}
+        if self.jitter is not None:  # training draws point / box prompts; validation sends every slot empty
+            from prism.tasks.segment.geometry import jitter_prompts
+
+            j = self.jitter
+            if self.train:
+                points, labels = jitter_prompts(masks, j.points, j.point_prob, j.box_prob, j.box_jitter, self._rng)
+            else:
+                points, labels = np.zeros((n, j.slots, 2), np.float32), np.full((n, j.slots), -1, np.int64)
+            out.update(points=points, point_labels=labels)
+        return out
 
 
 class SegmentationCollate(NumpyBatchCollateFn):
@@ -93,6 +106,9 @@ class SegmentationCollate(NumpyBatchCollateFn):
     def __call__(self, batch: dict[str, np.ndarray]):
         inputs = {"image": torch.from_numpy(np.ascontiguousarray(batch["image"])),
                   "text_tokens": torch.from_numpy(np.ascontiguousarray(batch["text_tokens"], dtype=np.int64))}
+        if "points" in batch:  # prompt jitter (geometry.py): (B, N, 2) pixels and (B, N) labels
+            inputs["points"] = torch.from_numpy(np.ascontiguousarray(batch["points"], dtype=np.float32))
+            inputs["point_labels"] = torch.from_numpy(np.ascontiguousarray(batch["point_labels"], dtype=np.int64))
         targets = {"mask": torch.from_numpy(np.ascontiguousarray(batch["mask"], dtype=np.uint8))}
         for key in ("id", "prompt"):
             if key in batch:

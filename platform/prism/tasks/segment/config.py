@@ -12,7 +12,7 @@ from pydantic import Field
 from prism.config.schema import StrictModel
 from prism.tasks.config import TaskConfig
 
-__all__ = ["SegmentLossConfig", "SegmentTaskConfig", "TextTowerConfig"]
+__all__ = ["PromptJitterConfig", "SegmentLossConfig", "SegmentTaskConfig", "TextTowerConfig"]
 
 
 class TextTowerConfig(StrictModel):
@@ -30,6 +30,29 @@ class SegmentLossConfig(StrictModel):
 
     dice_weight: float = Field(default=1.0, ge=0)
     bce_weight: float = Field(default=1.0, ge=0)
+    align_weight: float = Field(
+        default=0.0, ge=0, description="CLIP alignment: the mask-pooled region embedding contrasted with the "
+        "row's prompt against the batch's other prompts and every class prompt (prism.tasks.segment.align); "
+        "0 = off (no alignment projection is built).")
+    align_temperature: float = Field(default=0.07, gt=0, description="InfoNCE temperature of the alignment.")
+
+
+class PromptJitterConfig(StrictModel):
+    """Random point / box prompts drawn from the training masks beside the text (robustness to them; SAM's
+    training does the same). Validation stays text only."""
+
+    points: int = Field(default=0, ge=0, description="Up to this many positive points inside the object, per "
+                        "prompted row; 0 = no point prompts.")
+    point_prob: float = Field(default=0.5, ge=0, le=1, description="Chance that a row gets points.")
+    box_prob: float = Field(default=0.0, ge=0, le=1, description="Chance that a row gets its mask's box; 0 = no "
+                            "box prompts.")
+    box_jitter: float = Field(default=0.1, ge=0, lt=1, description="Each box edge moved by up to this fraction "
+                              "of the box's side.")
+
+    @property
+    def slots(self) -> int:
+        """Prompt slots per row: the points, and a box's two corners."""
+        return self.points + (2 if self.box_prob > 0 else 0)
 
 
 class SegmentTaskConfig(TaskConfig):
@@ -58,6 +81,7 @@ class SegmentTaskConfig(TaskConfig):
     threshold: float = Field(default=0.5, gt=0, lt=1, description="Mask probability threshold (metrics, default "
                              "of the request option).")
     loss: SegmentLossConfig = Field(default_factory=SegmentLossConfig)
+    jitter: PromptJitterConfig = Field(default_factory=PromptJitterConfig)
 
     def complete(self, data: Any) -> None:
         """``classes`` from ``<data.voc.root>/classes.json`` (or the synthetic set's) when unset."""

@@ -4,7 +4,7 @@ backbone's patches with the prompt's CLIP embedding as sparse tokens.
 ::
 
     inputs {"image": (B, 3, S, S), "text_tokens": (B, L)} → heads → {"masks": (B, 4g, 4g) logits, "iou": (B,)}
-    loss: BCE + Dice on the masks resized to S (void ignored)        metrics: IoU, Dice, … (prism.tasks.segment.metrics)
+    loss: BCE + Dice on the masks resized to S (void ignored) [+ CLIP alignment]   metrics: IoU, Dice, … (prism.tasks.segment.metrics)
     postprocess → {"mask": PNG (the image's size), "rle": COCO RLE, "score": predicted IoU, "area", "prompt"}
 """
 
@@ -119,8 +119,9 @@ class SegmentTask(Task):
         t, load = self.tcfg.text, _loading_weights()
         tower = create_text_tower(t.name, pretrained=t.pretrained and load, weights=t.weights if load else None,
                                   seed=t.seed)
+        prompts = [self.classes[k] for k in sorted(self.classes)] if self.tcfg.loss.align_weight > 0 else None
         heads = TextPromptHeads(backbone.embed_dim, tower, self.tcfg.sam_type, self.tcfg.decoder_grid, self.img_size,
-                                self.tcfg.text_tokens)
+                                self.tcfg.text_tokens, class_prompts=prompts, geometry_slots=self.tcfg.jitter.slots)
         if self.tcfg.sam_checkpoint is not None and load:
             load_sam_parts(self.tcfg.sam_checkpoint, heads.prompt_encoder, heads.mask_decoder)
         return heads
@@ -147,7 +148,14 @@ class SegmentTask(Task):
         logits = F.interpolate(outputs["masks"][:, None].float(), size=mask.shape[-2:], mode="bilinear",
                                align_corners=False)[:, 0]
         lo = self.tcfg.loss
-        return dice_bce_loss(logits, mask, lo.dice_weight, lo.bce_weight)
+        loss, parts = dice_bce_loss(logits, mask, lo.dice_weight, lo.bce_weight)
+        if lo.align_weight > 0:
+            from prism.tasks.segment.align import alignment_loss
+
+            align = alignment_loss(outputs["region"], outputs["text"], outputs["class_text"], lo.align_temperature)
+            loss = loss + lo.align_weight * align
+            parts["align"] = float(align.detach())
+        return loss, parts
 
     def metrics(self):
         from prism.tasks.segment.metrics import SegmentationMetrics
