@@ -15,7 +15,7 @@ RUN := $(UV) run --frozen
 
 # Every benchmark, in this order (serving twice: the tiny demo model, where HTTP dominates, and ViT-S/14),
 # then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: about a minute each.
-BENCHES := train_throughput data_throughput shard_throughput serve_throughput model_flops pca_throughput features_extract deformable_attention detection_train segment_decoder
+BENCHES := train_throughput data_throughput shard_throughput serve_throughput model_flops pca_throughput features_extract deformable_attention detection_train segment_decoder segment_train
 
 .tools/bin/uv:
 	python3 -m venv .tools

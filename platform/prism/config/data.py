@@ -114,6 +114,9 @@ class VocDataConfig(StrictModel):
     val_list: Path | None = Field(default=None, description="Another list file of validation ids.")
     images: Path | None = Field(default=None, description="The image folder; None = root/JPEGImages.")
     masks: Path | None = Field(default=None, description="The mask folder; None = root/SegmentationClass.")
+    unlabelled: Path | None = Field(default=None, description="A folder of images without masks (recursive) "
+                                    "mixed into training: they add only to the feature distillation "
+                                    "(task.loss.distill_weight), their masks all void.")
     prompts: Path | None = Field(default=None, description="A JSON {image id: prompt text}: those images are "
                                  "prompted by their own text (foreground: every class); the others by "
                                  "task.classes.")

@@ -16,13 +16,15 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prism.data.voc import VocTable, read_voc
+import pandas as pd
+
+from prism.data.voc import IMAGE_SUFFIXES, VocTable, read_voc
 
 if TYPE_CHECKING:
     from prism.config import JobConfig
     from prism.data.datasets import TrainData
 
-__all__ = ["build_voc_datasets", "voc_root", "voc_split"]
+__all__ = ["build_voc_datasets", "unlabelled_rows", "voc_root", "voc_split"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,29 @@ def voc_split(cfg: JobConfig) -> tuple[VocTable, VocTable]:
         train = VocTable(train.rows[~is_val].reset_index(drop=True), train.empty)
     if len(train.rows) == 0 or len(val.rows) == 0:
         raise ValueError(f"the split left {len(train.rows)} training and {len(val.rows)} validation rows")
+    if v.unlabelled is not None:
+        train = VocTable(pd.concat([train.rows, unlabelled_rows(v.unlabelled, cfg.task.classes)], ignore_index=True),
+                         train.empty)
     return train, val
+
+
+def unlabelled_rows(folder: Path, classes: dict[int, str]) -> pd.DataFrame:
+    """Rows of every image under ``folder`` (recursive), without a mask (all void: distillation only); their
+    prompt, unused by any loss, is the first class's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"data.voc.unlabelled: {folder} is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"data.voc.unlabelled: no image ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    prompt = classes[min(classes)]
+    return pd.DataFrame([{"id": f"unlabelled/{p.relative_to(folder).with_suffix('')}", "image": str(p), "mask": "",
+                          "class_index": 0, "prompt": prompt} for p in paths],
+                        columns=["id", "image", "mask", "class_index", "prompt"])
 
 
 def build_voc_datasets(cfg: JobConfig, img_size: int) -> TrainData:
     """Lazy Ray datasets of segmentation batches for the train loop (training: crop + flip)."""
-    import pandas as pd
     import ray.data
 
     from prism.data.datasets import TrainData, configure_context, rows_dataset

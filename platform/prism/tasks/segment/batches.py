@@ -13,7 +13,7 @@ prompt's CLIP tokens (a Ray Data ``map_batches`` callable); the collate class fo
      targets {"mask": uint8 (B, S, S), "id": [B str], "prompt": [B str]})
 
 The object's mask is ``mask == class_index`` (``class_index`` -1: every non-zero class); VOC's void (255)
-stays void. Geometry is one transform on image and mask together (torchvision ``transforms.v2`` with a
+stays void; a row without a mask file (``data.voc.unlabelled`` images) is void everywhere. Geometry is one transform on image and mask together (torchvision ``transforms.v2`` with a
 ``tv_tensors.Mask``): training takes a random resized crop and a horizontal flip, both resize to S × S
 (bilinear for the image, nearest for the mask).
 """
@@ -77,7 +77,8 @@ class DecodeSegmentation:
         for i in range(n):
             try:
                 img = np.asarray(decode_image(read_bytes(str(batch["image"][i])), str(batch["image"][i])).convert("RGB"))
-                mask = object_mask(read_mask(batch["mask"][i]), int(batch["class_index"][i]))
+                mask = (object_mask(read_mask(batch["mask"][i]), int(batch["class_index"][i])) if batch["mask"][i]
+                        else np.full(img.shape[:2], VOID, dtype=np.uint8))  # unlabelled: every pixel void
             except Exception as e:  # noqa: BLE001 — named and re-raised as a data error
                 raise BadRowsError(f"image id {batch['id'][i]}: {e}") from None
             image_t = tv_tensors.Image(torch.from_numpy(np.array(img)).permute(2, 0, 1))

@@ -35,6 +35,11 @@ class SegmentLossConfig(StrictModel):
         "row's prompt against the batch's other prompts and every class prompt (prism.tasks.segment.align); "
         "0 = off (no alignment projection is built).")
     align_temperature: float = Field(default=0.07, gt=0, description="InfoNCE temperature of the alignment.")
+    distill_weight: float = Field(
+        default=0.0, ge=0, description="Feature distillation: 1 - cosine between the adapted backbone's patch "
+        "tokens and those of a frozen copy of the backbone as its weights give it, on every training image "
+        "(data.voc.unlabelled images too); keeps adapted DINO features near the frozen ones. 0 = off (no "
+        "frozen copy is built).")
 
 
 class PromptJitterConfig(StrictModel):

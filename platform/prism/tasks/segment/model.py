@@ -9,6 +9,7 @@ text that enters the decoder as sparse prompt tokens.
     (point labels: prism.tasks.segment.geometry; a model trained with prompt jitter pads absent ones)
     PromptEncoder: point / box embeddings, dense "no mask" embedding, positional encoding         ┘
     BatchedMaskDecoder → {"masks": (B, 4g, 4g) logits, "iou": (B,) predicted IoU, "text": (B, E)}
+    with a teacher (distillation, training only): + "patches" (B, h, w, C) adapted, "teacher_patches" frozen
     with class_prompts (the alignment loss on): + "region": (B, E) the mask-pooled image embedding projected to
     CLIP's space (prism.tasks.segment.align), "class_text": (K, E) the class prompts' embeddings
 
@@ -48,11 +49,26 @@ class FrozenText(nn.Module):
             return F.normalize(self.text(tokens.long()).float(), dim=-1)
 
 
+class FrozenBackbone(nn.Module):
+    """A frozen copy of the backbone: ``(B, 3, S, S)`` normalised images → ``(B, h, w, C)`` patch tokens."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.backbone(image)["patches"]
+
+
 class TextPromptHeads(nn.Module):
     """Neck, text projection, SAM's prompt encoder and mask decoder (see the module docstring)."""
 
     def __init__(self, embed_dim: int, tower, sam_type: str, grid: int, image_size: int, text_tokens: int = 2,
-                 class_prompts: list[str] | None = None, geometry_slots: int = 0):
+                 class_prompts: list[str] | None = None, geometry_slots: int = 0, teacher: nn.Module | None = None):
         super().__init__()
         self.geometry_slots = geometry_slots
         self.frozen = nn.ModuleDict({"text": FrozenText(tower)})
@@ -64,6 +80,8 @@ class TextPromptHeads(nn.Module):
                                   nn.Conv2d(dim, dim, 3, padding=1, bias=False), LayerNorm2d(dim))
         e = self.frozen["text"].embedding_dim
         self.text_proj = nn.Sequential(nn.Linear(e, dim), nn.GELU(), nn.Linear(dim, dim * text_tokens))
+        if teacher is not None:  # feature distillation: the backbone as its weights give it, frozen, always eval
+            self.frozen["teacher"] = FrozenBackbone(teacher)
         self.region_proj = None
         if class_prompts:  # the alignment loss: only then built (an unused parameter would stall DDP)
             self.region_proj = nn.Linear(dim, e)
@@ -118,6 +136,9 @@ class TextPromptHeads(nn.Module):
                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                        multimask_output=False)
         out = {"masks": masks[:, 0], "iou": iou[:, 0], "text": text}
+        if "teacher" in self.frozen and self.training:
+            out["patches"] = features["patches"]
+            out["teacher_patches"] = self.frozen["teacher"](inputs["image"])
         if self.region_proj is not None:
             from prism.tasks.segment.align import region_embedding
 

@@ -49,15 +49,17 @@ class SegmentOptions(PredictOptions):
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """``logits`` (B, H, W) and ``target`` (B, H, W) uint8 0 / 1 / 255 void → the weighted sum of BCE (mean over
-    valid pixels) and soft Dice (per image, averaged), void pixels out of both."""
+    valid pixels) and soft Dice (per image, averaged over images with a valid pixel), void pixels out of both."""
     valid = (target != 255).float()
     y = (target == 1).float()
     bce = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * valid).sum() / valid.sum().clamp(min=1)
     p = logits.sigmoid() * valid
     inter = (p * y).flatten(1).sum(1)
     dice = 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + (y * valid).flatten(1).sum(1) + 1)
-    loss = bce_weight * bce + dice_weight * dice.mean()
-    return loss, {"bce": float(bce.detach()), "dice": float(dice.mean().detach())}
+    labelled = valid.flatten(1).sum(1) > 0  # an all-void image (unlabelled) has no Dice of its own
+    dice = dice[labelled].mean() if bool(labelled.any()) else dice.sum() * 0
+    loss = bce_weight * bce + dice_weight * dice
+    return loss, {"bce": float(bce.detach()), "dice": float(dice.detach())}
 
 
 def _loading_weights() -> bool:
@@ -120,8 +122,16 @@ class SegmentTask(Task):
         tower = create_text_tower(t.name, pretrained=t.pretrained and load, weights=t.weights if load else None,
                                   seed=t.seed)
         prompts = [self.classes[k] for k in sorted(self.classes)] if self.tcfg.loss.align_weight > 0 else None
+        teacher = None
+        if self.tcfg.loss.distill_weight > 0:  # the backbone as its source gives it (no LoRA, never trained)
+            from prism.backbones import create_backbone
+
+            b = self.cfg.backbone
+            teacher = create_backbone(b.name, pretrained=b.pretrained and load, weights=b.weights if load else None,
+                                      img_size=b.img_size, seed=b.seed)
         heads = TextPromptHeads(backbone.embed_dim, tower, self.tcfg.sam_type, self.tcfg.decoder_grid, self.img_size,
-                                self.tcfg.text_tokens, class_prompts=prompts, geometry_slots=self.tcfg.jitter.slots)
+                                self.tcfg.text_tokens, class_prompts=prompts, geometry_slots=self.tcfg.jitter.slots,
+                                teacher=teacher)
         if self.tcfg.sam_checkpoint is not None and load:
             load_sam_parts(self.tcfg.sam_checkpoint, heads.prompt_encoder, heads.mask_decoder)
         return heads
@@ -149,12 +159,19 @@ class SegmentTask(Task):
                                align_corners=False)[:, 0]
         lo = self.tcfg.loss
         loss, parts = dice_bce_loss(logits, mask, lo.dice_weight, lo.bce_weight)
-        if lo.align_weight > 0:
+        labelled = (mask != 255).flatten(1).any(1)  # unlabelled images (all void) add to distillation only
+        if lo.align_weight > 0 and bool(labelled.any()):
             from prism.tasks.segment.align import alignment_loss
 
-            align = alignment_loss(outputs["region"], outputs["text"], outputs["class_text"], lo.align_temperature)
+            align = alignment_loss(outputs["region"][labelled], outputs["text"][labelled], outputs["class_text"],
+                                   lo.align_temperature)
             loss = loss + lo.align_weight * align
             parts["align"] = float(align.detach())
+        if lo.distill_weight > 0 and "teacher_patches" in outputs:
+            distill = 1 - F.cosine_similarity(outputs["patches"].float(), outputs["teacher_patches"].float(),
+                                              dim=-1).mean()
+            loss = loss + lo.distill_weight * distill
+            parts["distill"] = float(distill.detach())
         return loss, parts
 
     def metrics(self):
