@@ -10,6 +10,8 @@ parameters (wrapped by peft's `lora.ParamWrapper`, i.e. LoRA through `target_par
     timm_eva   mlp    mlp.fc1, mlp.fc2, or for SwiGLU blocks (DINOv3 S+ / H+) mlp.fc1_g, mlp.fc1_x, mlp.fc2
     open_clip  attn   -                            attn.in_proj_weight   (q, k and v projections)
     open_clip  mlp    mlp.c_fc, mlp.c_proj         -
+    sam        attn   attn.qkv, attn.proj          -
+    sam        mlp    mlp.lin1, mlp.lin2           -
 
 open_clip attention is an `nn.MultiheadAttention`. peft's dedicated MHA layer adapts in_proj and out_proj,
 but it does so by deleting the base weights and re-creating them around every forward: the frozen base
@@ -68,6 +70,10 @@ LORA_TARGETS: dict[str, dict[str, TargetSpec]] = {
     "open_clip": {
         "attn": TargetSpec(parameters=("attn.in_proj_weight",), supports_dropout=False),
         "mlp": TargetSpec(modules=("mlp.c_fc", "mlp.c_proj")),
+    },
+    "sam": {
+        "attn": TargetSpec(modules=("attn.qkv", "attn.proj")),
+        "mlp": TargetSpec(modules=("mlp.lin1", "mlp.lin2")),
     },
 }
 

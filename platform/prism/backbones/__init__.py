@@ -16,6 +16,7 @@ checkpoint formats `weights=` accepts.
 """
 
 from prism.backbones import clip as _clip  # noqa: F401  (registers the open_clip backbones)
+from prism.backbones import sam as _sam  # noqa: F401  (registers SAM's image encoders)
 from prism.backbones import timm_eva as _timm_eva  # noqa: F401  (registers the DINOv3 backbones)
 from prism.backbones import timm_vit as _timm_vit  # noqa: F401  (registers the timm ViT backbones)
 from prism.backbones._registry import create_backbone, list_backbones, register_backbone

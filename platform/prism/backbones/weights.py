@@ -23,6 +23,9 @@ Formats per family, converted by the libraries' own helpers:
              The image projection "proj" (C, D) is required and loaded with the rest: the backbone
              keeps it to return "embedding" (visual-only files saved before it was kept lack it and
              are refused as missing "proj").
+  sam        an official SAM checkpoint (its "image_encoder.*" keys; the prompt encoder and mask decoder
+             are ignored) or the encoder's own keys; the position table and the global blocks' relative
+             positions are resampled to another img_size (`prism.backbones.sam.sam_state`).
 Every tensor the backbone holds must be present with the right shape and nothing else may remain,
 otherwise ValueError names the missing, unexpected and mis-shaped keys.
 """
@@ -133,10 +136,17 @@ def _open_clip_state(state: StateDict, visual: nn.Module) -> StateDict:
     return state
 
 
+def _sam_state(state: StateDict, model: nn.Module) -> StateDict:
+    from prism.backbones.sam import sam_state
+
+    return sam_state(state, model)
+
+
 CONVERTERS: dict[str, Callable[[StateDict, nn.Module], StateDict]] = {
     "timm_vit": _timm_vit_state,
     "timm_eva": _timm_eva_state,
     "open_clip": _open_clip_state,
+    "sam": _sam_state,
 }
 
 

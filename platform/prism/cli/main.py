@@ -26,6 +26,7 @@ EPILOG = """examples:
   prism data synth circles --n 600 --out data/circles
   prism serve serve_configs/circles.yaml --port 8000    HTTP API on Ray Serve (OpenAPI docs at /docs)
   prism export --model models:/circles@champion --out exported/   LoRA merged, plain safetensors
+  prism export sam-embeddings photos/ --weights sam_vit_b_01ec64.pth --out emb/   SAM image embeddings
   prism features pca jobs/faces_pca.yaml                PCA of patch features over a collection (no training)
   prism backbones                                       list registered backbones
 """
@@ -271,8 +272,25 @@ def _evaluate_zero_shot(args) -> int:
 def _cmd_export(args) -> int:
     from prism.inference.export import export_merged
 
+    if args.model is None or args.out is None:
+        raise ConfigError("prism export needs --model and --out (or: prism export sam-embeddings SOURCE --out DIR)")
     out = export_merged(args.model, args.out)
     print(f"[prism] merged LoRA and wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    return 0
+
+
+def _cmd_sam_embeddings(args) -> int:
+    from prism.inference.sam_embeddings import export_sam_embeddings
+
+    if args.weights is None:
+        print("[prism] no --weights: a randomly initialised encoder (its embeddings mean nothing)", file=sys.stderr)
+    try:
+        report = export_sam_embeddings(args.source, args.out, args.backbone, args.weights, args.img_size, args.format,
+                                       recursive=not args.no_recursive, batch_size=args.batch_size,
+                                       overwrite=args.overwrite)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"[prism] wrote {report.n_images} embeddings to {report.out} (index: {report.index})")
     return 0
 
 
@@ -411,10 +429,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_features_parser(sub)
 
-    p = sub.add_parser("export", help="merge LoRA into the backbone and write plain safetensors weights")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p = sub.add_parser("export", help="merge LoRA into the backbone and write plain safetensors weights; "
+                       "`export sam-embeddings`: SAM's image embedding of every image of a folder",
+                       epilog="examples:\n  prism export --model models:/circles@champion --out exported/\n"
+                       "  prism export sam-embeddings photos/ --weights sam_vit_b_01ec64.pth --out embeddings/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")
+    p.add_argument("--out", type=Path, default=None, help="output folder")
     p.set_defaults(fn=_cmd_export)
+    es = p.add_subparsers(dest="export_command", metavar="WHAT")
+    e = es.add_parser("sam-embeddings", help="SAM's image embedding of every image, one file per image",
+                      description="SAM's image embedding ((256, 64, 64) at 1024 px) of every image under a folder "
+                      "(recursive) or named by a list file, through Ray Data; one file per image with its stem, "
+                      "the source's folders mirrored, and index.csv (original and resized sizes).")
+    e.add_argument("source", type=Path, help="a folder of images or a list file (one path per line)")
+    e.add_argument("--out", type=Path, required=True, help="output folder")
+    e.add_argument("--backbone", default="sam_vit_b", help="sam_vit_b (default), sam_vit_l, sam_vit_h")
+    e.add_argument("--weights", type=Path, default=None,
+                   help="an official SAM checkpoint (its image_encoder.* keys), e.g. sam_vit_b_01ec64.pth")
+    e.add_argument("--img-size", type=int, default=1024, help="the encoder's input side (default SAM's 1024)")
+    e.add_argument("--format", choices=["safetensors", "npy", "pt"], default="safetensors",
+                   help="file format (default safetensors; pt on request)")
+    e.add_argument("--no-recursive", action="store_true", help="only the folder's own images")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    e.set_defaults(fn=_cmd_sam_embeddings)
 
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (blocks; Ctrl-C stops it)")
     p.add_argument("config", type=Path, help="Serve config YAML, e.g. serve_configs/circles.yaml")
