@@ -23,13 +23,14 @@ def expected_lora_names(backbone: nn.Module, kinds: tuple[str, ...], blocks: lis
 def test_target_table_errors_list_valid_names():
     backbone = create("dinov2_tiny")
     assert valid_target_kinds("timm_vit") == valid_target_kinds("open_clip") == ["attn", "mlp"]
-    with pytest.raises(ValueError, match="valid families: open_clip, timm_eva, timm_vit"):
-        valid_target_kinds("sam")
+    assert valid_target_kinds("sam") == ["attn", "mlp"]
+    with pytest.raises(ValueError, match="valid families: open_clip, sam, timm_eva, timm_vit"):
+        valid_target_kinds("resnet")
     with pytest.raises(ValueError, match="valid kinds: attn, mlp"):
         add_lora(backbone, targets=("attn", "qkv"))
     with pytest.raises(ValueError, match="empty"):
         add_lora(backbone, targets=())
-    backbone.family = "sam"
+    backbone.family = "resnet"
     with pytest.raises(ValueError, match="valid families"):
         add_lora(backbone)
     assert not has_lora(backbone)

@@ -294,6 +294,33 @@ def _cmd_sam_embeddings(args) -> int:
     return 0
 
 
+def _cmd_dual_circle(args) -> int:
+    from prism.tasks.segment.dual_circle import evaluate_folder, predict_masks
+
+    masks = args.masks
+    try:
+        if args.model is not None:
+            if args.images is None or not args.prompt or masks is not None:
+                raise ConfigError("with --model give --images and --prompt (the masks are predicted), not --masks")
+            from prism.inference.predictor import load_predictor
+
+            pred = load_predictor(args.model, device=args.device)
+            if pred.task.name != "segment":
+                raise ConfigError(f"{args.model} is a {pred.task.name!r} model; dual-circle scores segmenters")
+            masks = predict_masks(pred, args.images, args.prompt, args.out / "masks", args.threshold)
+        elif masks is None:
+            raise ConfigError("give --masks DIR (predicted masks), or --model, --images and --prompt")
+        report = evaluate_folder(args.circles, masks, args.out, args.images, visualise=args.visualise)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    m = report["metrics"]
+    print(f"[prism] dual-circle: {report['images']} images ({len(report['missing_masks'])} annotated without a mask)")
+    for k in ("iou", "precision", "recall", "f1", "image/iou"):
+        print(f"{k:20s} {m[k]:.4f}")
+    print(f"[prism] wrote {args.out}/: metrics.json, per_image.csv, visualisations/")
+    return 0
+
+
 def _cmd_serve(args) -> int:
     from prism.serve import run_local
 
@@ -454,6 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--overwrite", action="store_true", help="replace existing output files")
     e.set_defaults(fn=_cmd_sam_embeddings)
+
+    p = sub.add_parser("dual-circle", help="score masks against two-circle annotations (inner = object, "
+                       "annulus ignored, beyond = background)",
+                       description="Dual-circle evaluation (prism.tasks.segment.dual_circle): predicted pixels "
+                       "inside an inner circle are true positives, beyond every outer circle false positives, the "
+                       "annulus and ignore rectangles are left out. Masks pair with annotations and images by stem "
+                       "(<stem>-mask.png, <stem>.mask.png or <stem>.png; images <stem>-noCircles.* or <stem>.*). "
+                       "Writes metrics.json (pooled and per-image means), per_image.csv and visualisations/.")
+    p.add_argument("--circles", type=Path, required=True,
+                   help='annotations JSON: {"<stem>": {"circles": [[cx, cy, r_inner, r_outer]], "ignore": '
+                   '[[x0, y0, x1, y1]]}}')
+    p.add_argument("--masks", type=Path, default=None, help="a folder of predicted masks (PNG, white = object)")
+    p.add_argument("--images", type=Path, default=None, help="the images (drawn under the visualisations; with "
+                   "--model: predicted)")
+    p.add_argument("--model", default=None, help="a segmenter to predict the masks with (models:/… or a bundle)")
+    p.add_argument("--prompt", default=None, help="with --model: what to segment")
+    p.add_argument("--threshold", type=float, default=None, help="with --model: mask probability threshold")
+    p.add_argument("--device", default=None, help="with --model: cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--visualise", type=int, default=8, help="images rendered into visualisations/ (default 8)")
+    p.add_argument("--out", type=Path, default=Path("prism_dual_circle"), help="output folder")
+    p.set_defaults(fn=_cmd_dual_circle)
 
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (blocks; Ctrl-C stops it)")
     p.add_argument("config", type=Path, help="Serve config YAML, e.g. serve_configs/circles.yaml")

@@ -180,6 +180,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sched.step()
             acc = _evaluate(task, model, val_shard, cfg)
             val_m = acc.compute("val/")
+            extra_m, extra_files = task.epoch_report(model, state.epoch + 1)  # e.g. the dual-circle scores
+            val_m.update(extra_m)
             if cfg.train.metric not in val_m and cfg.train.metric not in train_m:
                 raise ValueError(f"train.metric '{cfg.train.metric}' is not reported; choose one of "
                                  f"{sorted([*val_m, *train_m])}")
@@ -207,6 +209,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     save_checkpoint(Path(tmp), cfg=cfg, task=task, model=model, names=names,
                                     optimizer=optimizer, state=nxt, metrics=metrics,
                                     extra={"stats": acc.export(), "val_fingerprint": config.get("val_fingerprint")})
+                    for rel, data in extra_files.items():
+                        (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                        (Path(tmp) / rel).write_bytes(data)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{state.epoch:04d}")
             if stop:

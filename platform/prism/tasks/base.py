@@ -196,6 +196,12 @@ class Task(ABC):
         e.g. per-class accuracy."""
         return {}
 
+    def epoch_report(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], dict[str, bytes]]:
+        """Extra scores of the model after training epoch ``epoch`` (1-based), beside validation: metrics
+        added to the epoch's report (``val/<name>/…``) and files (relative path → bytes) saved into that
+        epoch's checkpoint folder. Called on every worker with the same weights; default: none."""
+        return {}, {}
+
     # -- classes added while serving (Serve's /classes) ----------------------------------------------
     def add_classes_error(self) -> str | None:
         """Why this model cannot take classes from example images while it serves, or None when it can

@@ -12,7 +12,7 @@ from pydantic import Field
 from prism.config.schema import StrictModel
 from prism.tasks.config import TaskConfig
 
-__all__ = ["PromptJitterConfig", "SegmentLossConfig", "SegmentTaskConfig", "TextTowerConfig"]
+__all__ = ["DualCircleEpochConfig", "PromptJitterConfig", "SegmentLossConfig", "SegmentTaskConfig", "TextTowerConfig"]
 
 
 class TextTowerConfig(StrictModel):
@@ -60,6 +60,19 @@ class PromptJitterConfig(StrictModel):
         return self.points + (2 if self.box_prob > 0 else 0)
 
 
+class DualCircleEpochConfig(StrictModel):
+    """Dual-circle evaluation after every ``every`` epochs of training (prism.tasks.segment.dual_circle):
+    ``val/dual_circle/<metric>`` in the epoch's metrics, ``dual_circle/per_image.csv`` and renders in its
+    checkpoint folder."""
+
+    circles: Path = Field(description="The annotations JSON {stem: {circles: [[cx, cy, r_inner, r_outer]], "
+                          "ignore: [[x0, y0, x1, y1]]}}.")
+    images: Path = Field(description="The images (<stem>-noCircles.* or <stem>.*), predicted with the prompt.")
+    prompt: str = Field(min_length=1, description="What to segment in them.")
+    every: int = Field(default=1, ge=1, description="Every N epochs (and the last).")
+    visualise: int = Field(default=4, ge=0, description="Images rendered into the checkpoint each time.")
+
+
 class SegmentTaskConfig(TaskConfig):
     """The mask of the object a text prompt names, from SAM's decoder on the backbone's patches."""
 
@@ -87,6 +100,8 @@ class SegmentTaskConfig(TaskConfig):
                              "of the request option).")
     loss: SegmentLossConfig = Field(default_factory=SegmentLossConfig)
     jitter: PromptJitterConfig = Field(default_factory=PromptJitterConfig)
+    dual_circle: DualCircleEpochConfig | None = Field(default=None, description="Dual-circle evaluation during "
+                                                      "training; None = off.")
 
     def complete(self, data: Any) -> None:
         """``classes`` from ``<data.voc.root>/classes.json`` (or the synthetic set's) when unset."""

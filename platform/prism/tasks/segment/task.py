@@ -225,6 +225,30 @@ class SegmentTask(Task):
         return pd.DataFrame([{"image": r.get("image"), "prompt": r.get("prompt"), "mask": r.get("mask"),
                               "area": r.get("area"), "score": r.get("score")} for r in results])
 
+    def epoch_report(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], dict[str, bytes]]:
+        """With ``task.dual_circle``: its images predicted with its prompt and scored every ``every`` epochs
+        → ``val/dual_circle/<metric>`` and ``dual_circle/`` files (per_image.csv, metrics.json, renders)."""
+        dc = self.tcfg.dual_circle
+        if dc is None or (epoch % dc.every and epoch != self.cfg.total_epochs):
+            return {}, {}
+        import tempfile
+        from pathlib import Path
+
+        from prism.inference.predictor import Predictor
+        from prism.tasks.segment.dual_circle import evaluate_folder, predict_masks
+
+        was_training = model.training
+        predictor = Predictor(self.cfg, self, model, next(model.parameters()).device)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                masks = predict_masks(predictor, dc.images, dc.prompt, Path(tmp) / "masks")
+                report = evaluate_folder(dc.circles, masks, Path(tmp) / "report", dc.images, visualise=dc.visualise)
+                files = {f"dual_circle/{p.relative_to(Path(tmp) / 'report').as_posix()}": p.read_bytes()
+                         for p in sorted((Path(tmp) / "report").rglob("*")) if p.is_file()}
+        finally:
+            model.train(was_training)
+        return {f"val/dual_circle/{k}": v for k, v in report["metrics"].items()}, files
+
     # -- reports ----------------------------------------------------------------------------------
     def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
         """``iou_per_image.png``: the spread of per-image IoU, one histogram per prompt."""
