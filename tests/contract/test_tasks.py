@@ -77,6 +77,35 @@ def test_collate_loss_backward(case):
     model.eval()
 
 
+def test_two_ddp_steps_with_the_tasks_unused_parameter_setting(case, tmp_path):
+    """What the train loop runs on several workers: DDP (gloo, here one process) over the model of the
+    task's last stage, two steps; a task whose batches may leave head parameters out of the loss must say
+    so (``ddp_unused_parameters``), else the second step stalls DDP's reducer."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    task, model, batch = case
+    if not task.cfg.stages:
+        pytest.skip(f"task '{task.name}' does not train")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        groups = apply_stage(model, task.cfg.stages[-1])
+        ddp = DistributedDataParallel(model, find_unused_parameters=task.ddp_unused_parameters)
+        optimizer = torch.optim.SGD([p for g in groups for p in g["params"]], lr=1e-4)
+        (inputs, targets), = batches(task, batch, batch_size=N)
+        model.train()
+        for _ in range(2):
+            loss, _ = task.loss(ddp(device_inputs(model, inputs)), to_device(targets, "cpu"))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        assert torch.isfinite(loss)
+    finally:
+        dist.destroy_process_group()
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 def test_metrics_merge_across_workers(case):
     """Two workers' accumulators merged (state/merge) give the metrics of one pass over both halves."""
     task, model, batch = case

@@ -94,3 +94,17 @@ def test_alignment_off_builds_no_projection():
     cfg = JobConfig.model_validate(task_class("segment").example_job())
     model = build_model(cfg, task_class("segment")(cfg))
     assert model.heads.region_proj is None
+
+
+def test_the_iou_head_learns_the_iou_its_mask_has():
+    from prism.tasks.segment.task import iou_loss
+
+    target = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    target[:, :2] = 1  # the top half
+    target[1, 3] = 255  # void: out of the IoU
+    logits = torch.full((2, 4, 4), -5.0)
+    logits[0, :2] = 5.0  # exact: IoU 1
+    logits[1, :1] = 5.0  # a quarter of 16 against a half: IoU 0.5
+    logits[1, 3] = 5.0  # on void: not counted
+    got = iou_loss(torch.tensor([0.9, 0.9]), logits, target)
+    torch.testing.assert_close(got, torch.tensor([0.1 ** 2, 0.4 ** 2]))

@@ -164,7 +164,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1:
             # a CLIP tower's image projection is a backbone weight an unfreeze stage opens, unused unless the
             # task reads features["embedding"]: DDP must then not wait for its gradient
-            unused = stage.kind == "unfreeze" and getattr(model.backbone, "embedding_dim", None) is not None
+            unused = task.ddp_unused_parameters or (
+                stage.kind == "unfreeze" and getattr(model.backbone, "embedding_dim", None) is not None)
             ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=unused)
         if rank == 0:

@@ -94,6 +94,9 @@ class Task(ABC):
     """Per-request options (a pydantic model); Serve documents them in its OpenAPI spec."""
     backbone_layers: tuple[int, ...] = ()
     """Intermediate backbone blocks the heads read (``features["layers"]``); () = final tokens only."""
+    ddp_unused_parameters: ClassVar[bool] = False
+    """True when a batch may leave trainable head parameters out of the loss (e.g. embeddings of prompt
+    kinds it lacks): DDP then looks for them each step (``find_unused_parameters``) instead of stalling."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg

@@ -30,6 +30,8 @@ class SegmentLossConfig(StrictModel):
 
     dice_weight: float = Field(default=1.0, ge=0)
     bce_weight: float = Field(default=1.0, ge=0)
+    iou_weight: float = Field(default=1.0, ge=0, description="SAM's IoU head: mean squared error of its "
+                              "predicted IoU against the IoU the mask has (what predictions report as score).")
     align_weight: float = Field(
         default=0.0, ge=0, description="CLIP alignment: the mask-pooled region embedding contrasted with the "
         "row's prompt against the batch's other prompts and every class prompt (prism.tasks.segment.align); "

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from prism.backbones import Backbone
 
-__all__ = ["SegmentOptions", "SegmentTask", "dice_bce_loss"]
+__all__ = ["SegmentOptions", "SegmentTask", "dice_bce_loss", "iou_loss"]
 
 DECODER_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 BUFFERS_FILE = "buffers.safetensors"
@@ -62,6 +62,16 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
     return loss, {"bce": float(bce.detach()), "dice": float(dice.detach())}
 
 
+def iou_loss(predicted: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) predicted IoU vs the IoU of the thresholded ``logits`` (B, H, W) with ``target`` (B, H, W; 255
+    void out) → (B,) squared errors (SAM's IoU-head loss; the actual IoU is a target, no gradient)."""
+    valid = target != 255
+    pred, y = (logits > 0) & valid, (target == 1) & valid
+    inter, union = (pred & y).flatten(1).sum(1).float(), (pred | y).flatten(1).sum(1).float()
+    actual = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return (predicted - actual) ** 2
+
+
 def _loading_weights() -> bool:
     """False while the model is built on the meta device (plan checks): no weight file is read then."""
     return torch.empty(0).device.type != "meta"
@@ -72,6 +82,7 @@ class SegmentTask(Task):
 
     name = "segment"
     options_class = SegmentOptions
+    ddp_unused_parameters = True  # SAM's prompt encoder: mask-prompt layers never run, point ones only with points
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -160,6 +171,10 @@ class SegmentTask(Task):
         lo = self.tcfg.loss
         loss, parts = dice_bce_loss(logits, mask, lo.dice_weight, lo.bce_weight)
         labelled = (mask != 255).flatten(1).any(1)  # unlabelled images (all void) add to distillation only
+        if lo.iou_weight > 0 and bool(labelled.any()):  # SAM's IoU head learns the IoU its mask really has
+            iou = iou_loss(outputs["iou"].float(), logits.detach(), mask)[labelled].mean()
+            loss = loss + lo.iou_weight * iou
+            parts["iou_mse"] = float(iou.detach())
         if lo.align_weight > 0 and bool(labelled.any()):
             from prism.tasks.segment.align import alignment_loss
 
