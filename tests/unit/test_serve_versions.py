@@ -34,7 +34,7 @@ def champion_v1(reg):
 def test_reconfigure_loads_the_alias_and_applies_batch_settings(champion_v1):
     served = ServedModel(champion_v1.tracking_uri, device="cpu")
     with pytest.raises(RuntimeError, match="no model loaded"):
-        served.check_health()
+        asyncio.run(served.check_health())
     asyncio.run(served.reconfigure({"model_uri": champion_v1.champion, "max_batch_size": 5,
                                     "batch_wait_timeout_s": 0.25}))
     info = served.loaded().info
@@ -43,7 +43,7 @@ def test_reconfigure_loads_the_alias_and_applies_batch_settings(champion_v1):
     assert (info.metric, info.metric_value, info.task, info.img_size) == ("val/macro_f1", 0.5, "multihead", 64)
     assert info.run_id and "champion" in info.aliases
     assert (served.batcher.max_batch_size, served.batcher.batch_wait_timeout_s) == (5, 0.25)
-    served.check_health()
+    asyncio.run(served.check_health())
 
 
 def test_reload_and_reconfigure_follow_a_moved_alias(champion_v1):

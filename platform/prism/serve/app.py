@@ -22,6 +22,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from prism.config.schema import ConfigError
 from prism.serve.deployment import DEPLOYMENT, ModelServer
+from prism.serve.proxy_retry import CALLBACK_ENV, RETRY_HEADER, proxy_env
 from prism.serve.settings import AppArgs, ServeSettings, resolve_tracking_uri, settings_dict
 
 __all__ = ["BUILDER", "build_app", "load_serve_config", "run_local"]
@@ -130,6 +131,36 @@ def _served_models(schema: ServeDeploySchema) -> list[tuple[str, str, str]]:
     return out
 
 
+def with_proxy_retry(options: Any) -> dict[str, Any]:
+    """Serve's ``controller_options`` (a model, a dict or None) with :mod:`prism.serve.proxy_retry` installed in
+    the proxies, unless the config names a proxy callback of its own."""
+    raw = options.model_dump(exclude_none=True) if hasattr(options, "model_dump") else dict(options or {})
+    runtime_env = dict(raw.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    for key, value in proxy_env().items():
+        env_vars.setdefault(key, value)
+    return {**raw, "runtime_env": {**runtime_env, "env_vars": env_vars}}
+
+
+def check_proxy_retry(url: str) -> bool:
+    """Whether Serve's proxy at ``url`` retries requests of dead replicas (its answers carry
+    :data:`RETRY_HEADER`); warns if not, e.g. when Serve was already running without it."""
+    import requests
+
+    try:
+        headers = requests.get(f"{url}/healthz", timeout=30).headers
+    except requests.RequestException as exc:
+        log.warning("could not check Serve's proxy at %s: %s", url, exc)
+        return False
+    if RETRY_HEADER in headers:
+        return True
+    log.warning(
+        "Serve's proxy at %s does not retry requests whose replica died (a replica lost under load answers "
+        "500): Serve was started without %s=%s in its controller_options.runtime_env.env_vars. Run `serve "
+        "shutdown` and deploy again to add it.", url, CALLBACK_ENV, proxy_env()[CALLBACK_ENV])
+    return False
+
+
 def _wait_running(names: list[str], timeout_s: float) -> None:
     """Poll ``serve.status()`` until every app runs; a failed deploy raises with Serve's message."""
     deadline = time.monotonic() + timeout_s
@@ -179,7 +210,8 @@ def run_local(
             raise ConfigError(str(exc)) from None
         _check_model("prism", resolve_tracking_uri(args.tracking_uri), served)
         ensure_ray()
-        serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000})
+        serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000},
+                    controller_options={"runtime_env": {"env_vars": proxy_env()}})
         serve.run(build_app(args), name="prism", route_prefix="/")
         url = f"http://{host or '127.0.0.1'}:{port or 8000}"
     else:
@@ -188,12 +220,13 @@ def run_local(
             _check_model(app_name, store, uri)
         ensure_ray()
         client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-                             controller_options=schema.controller_options)
+                             controller_options=with_proxy_retry(schema.controller_options))
         client.deploy_apps(schema)
         names = [a.name for a in schema.applications]
         _wait_running(names, timeout_s)
         prefix = next((a.route_prefix for a in schema.applications if a.import_path == BUILDER), "/") or "/"
         url = f"http://{schema.http_options.host}:{schema.http_options.port}{prefix.rstrip('/')}"
+    check_proxy_retry(url)
     print(f"[prism] serving at {url}  (API docs: {url}/docs)", flush=True)
     if not blocking:
         return url

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from prism.serve.batching import Batcher
 from prism.serve.classes import LocalStore, RayStore, Snapshot, ray_store
 from prism.serve.errors import RequestError
+from prism.serve.health import ModelHealth, check_finite
 from prism.serve.images import open_checked
 from prism.serve.payload import parse_options
 from prism.serve.schemas import BatchingStats, ModelInfo
@@ -39,7 +40,7 @@ from prism.serve.settings import ReloadSettings, ServeSettings
 if TYPE_CHECKING:  # torch is imported by the replicas, not where the app is built
     from prism.inference.predictor import Predictor, Prepared
 
-__all__ = ["Item", "Loaded", "ServedModel", "load_version", "run_batch"]
+__all__ = ["Item", "Loaded", "ServedModel", "checked_batch", "load_version", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ class Item:
     options: Any
 
 
+def checked_batch(predictor: Predictor, items: list[Item]) -> list[dict[str, Any]]:
+    """:func:`run_batch`, refusing results with a NaN or infinite number (:class:`~prism.serve.health.NonFiniteOutput`)."""
+    results = run_batch(predictor, items)
+    check_finite(results)
+    return results
+
+
 def run_batch(predictor: Predictor, items: list[Item]) -> list[dict[str, Any]]:
     """Queued images → one result each: one batch per TTA setting (what ``predictions`` depends on), each
     image postprocessed with its own request's options.
@@ -115,6 +123,7 @@ class ServedModel:
         self._class_store = class_store  # None: the application's Ray actor, found on first use
         self._classes_synced: tuple[int, int, dict[str, int]] = (0, -1, {})  # (id(predictor), revision, shots)
         self._loaded: Loaded | None = None
+        self.health: ModelHealth[Item] = ModelHealth()
         self._reload_lock = asyncio.Lock()
         self.batcher: Batcher[Item, dict[str, Any]] = Batcher(
             self._predict_batch, self._settings.max_batch_size, self._settings.batch_wait_timeout_s)
@@ -150,10 +159,18 @@ class ServedModel:
             self._tokens = tokens
             self._settings = settings
 
-    def check_health(self) -> None:
-        """Serve's health check: unhealthy until a model is loaded."""
-        if self._loaded is None:
+    async def check_health(self) -> None:
+        """Serve's health check: unhealthy until a model is loaded, and when its model is broken (batches
+        fail and a probe that worked before fails too; see :mod:`prism.serve.health`)."""
+        loaded = self._loaded
+        if loaded is None:
             raise RuntimeError("no model loaded")
+
+        async def run(items: list[Item]) -> list[dict[str, Any]]:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._model_thread, run_batch, loaded.predictor, items)
+
+        await self.health.check(run)
 
     def loaded(self) -> Loaded:
         """The served version; 503 ``model_not_loaded`` before the first load."""
@@ -189,6 +206,7 @@ class ServedModel:
 
     def _swap(self, new: Loaded) -> None:
         self._loaded = new  # the swap: one reference assignment
+        self.health.reset()
         log.info("serving %s (%s)", new.info.resolved_uri, new.info.uri)
 
     def authorize_reload(self, token: str | None) -> None:
@@ -255,7 +273,13 @@ class ServedModel:
         """The batcher's function: images of any callers → one result each."""
         predictor = self.loaded().predictor  # one version for the whole batch
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._model_thread, run_batch, predictor, items)
+        try:
+            results = await loop.run_in_executor(self._model_thread, checked_batch, predictor, items)
+        except Exception as exc:
+            self.health.failed(exc)
+            raise
+        self.health.succeeded(items)
+        return results
 
     def batching_stats(self) -> BatchingStats:
         """The batcher's counts so far (``GET /stats``)."""
@@ -356,5 +380,11 @@ class ServedModel:
                 "can_add": task.add_classes_error() is None}
 
     async def predict_images(self, items: list[Item]) -> list[dict[str, Any]]:
-        """Prepared images (:meth:`prepare`) → results (without names), in order; batched with other callers' images."""
+        """Prepared images (:meth:`prepare`) → results (without names), in order; batched with other callers' images.
+
+        503 ``model_unhealthy`` once the health check found the model broken (Serve replaces the replica;
+        another one can answer the retry)."""
+        if self.health.unhealthy is not None:
+            raise RequestError(503, "model_unhealthy", "this replica's model is failing (the replica log says why) "
+                               "and is being replaced: retry", headers={"Retry-After": "1"})
         return await self.batcher.submit_many(items)

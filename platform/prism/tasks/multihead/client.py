@@ -17,7 +17,6 @@ with ``endpoint`` the images are posted as multipart files to ``POST {endpoint}/
 from __future__ import annotations
 
 import json
-import mimetypes
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -65,44 +64,24 @@ def _local(model: str, device: str | None, use_tta: bool, batch_size: int) -> Ca
     return lambda chunk: predictor.predict([str(p) for p in chunk], tta=use_tta, batch_size=batch_size)
 
 
-def _check(resp, what: str) -> Any:
-    """The JSON of a successful response; the API's ``{error, detail}`` as ``ValueError`` (4xx) / ``RuntimeError``."""
-    if resp.ok:
-        return resp.json()
-    try:
-        body = resp.json()
-        reason = f"{body['error']}: {body['detail']}"
-    except (ValueError, KeyError, TypeError):
-        reason = resp.text[:500]
-    exc = ValueError if 400 <= resp.status_code < 500 else RuntimeError
-    raise exc(f"{what} answered {resp.status_code} {reason}")
-
-
 def _remote(endpoint: str, model: str | None, use_tta: bool, batch_size: int,
             timeout_s: float) -> Callable[[list[Path]], Results]:
-    """Posts chunks as multipart requests of at most ``batch_size`` and the endpoint's ``max_images_per_request``."""
-    import requests
+    """Posts chunks as multipart requests of at most ``batch_size`` and the endpoint's ``max_images_per_request``
+    (:class:`prism.serve.client.Client`: retries of lost replicas and 503s)."""
+    from prism.serve.client import Client
 
-    base = endpoint.rstrip("/")
-    session = requests.Session()
-    try:
-        served = _check(session.get(f"{base}/models", timeout=timeout_s), f"GET {base}/models")
-    except requests.ConnectionError as exc:
-        raise ConnectionError(f"cannot reach {base}: is it serving (`prism serve`)? ({exc})") from None
+    client = Client(endpoint, timeout_s=timeout_s)
+    served = client.models()
     if model is not None and model not in (served["uri"], served["resolved_uri"]):
         raise ValueError(
-            f"{base} serves {served['uri']} ({served['resolved_uri']}), not {model!r}; pass model=None to use "
+            f"{client.base} serves {served['uri']} ({served['resolved_uri']}), not {model!r}; pass model=None to use "
             f"the endpoint's model, or drop endpoint= to run {model!r} locally"
         )
 
-    settings = _check(session.get(f"{base}/settings", timeout=timeout_s), f"GET {base}/settings")
-    per_request = min(batch_size, int(settings["max_images_per_request"]))
+    per_request = min(batch_size, int(client.settings()["max_images_per_request"]))
 
     def post(part: list[Path]) -> Results:
-        files = [("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
-                 for p in part]
-        resp = session.post(f"{base}/predict", files=files, data={"tta": str(use_tta).lower()}, timeout=timeout_s)
-        results = _check(resp, f"POST {base}/predict")
+        results = client.predict(part, tta=use_tta)
         return [{**r, "image": str(p)} for p, r in zip(part, results, strict=True)]
 
     def predict(chunk: list[Path]) -> Results:
