@@ -11,11 +11,11 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: install demo demo-sketches test test-fast lint bench clean
+.PHONY: install postgres demo demo-sketches test test-fast lint bench clean
 
 # Every benchmark, in this order (serving twice: the tiny demo model, where HTTP dominates, and ViT-S/14),
 # then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: about a minute each.
-BENCHES := train_throughput data_throughput shard_throughput serve_throughput model_flops pca_throughput features_extract deformable_attention detection_train segment_decoder segment_train
+BENCHES := train_throughput data_throughput shard_throughput serve_throughput serve_faults model_flops pca_throughput features_extract deformable_attention detection_train segment_decoder segment_train
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -30,7 +30,15 @@ demo: install
 demo-sketches: install
 	$(RUN) prism demo sketches
 
-test: install
+# The registry tests start a throwaway PostgreSQL server of their own (tests/helpers/postgres.py) with
+# Debian's binaries: installed here where they are missing (as root, else with sudo). This rule starts no
+# server; the tests never use the `main` cluster the package may set up.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql; }
+
+test: install postgres
 	$(RUN) pytest
 
 test-fast: install

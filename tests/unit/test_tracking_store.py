@@ -69,7 +69,10 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch, restore_uris, arg, env, 
             "mlflow ui --backend-store-uri 'sqlite:////data/my runs/mlflow.db'",
         ),
         ("postgresql://u@db/mlflow", "mlflow ui --backend-store-uri postgresql://u@db/mlflow"),
+        ("postgresql+psycopg2://u:s3cret@db:5432/mlflow",  # never the password
+         "mlflow ui --backend-store-uri 'postgresql+psycopg2://u:***@db:5432/mlflow'"),
         ("http://tracking:5000", "http://tracking:5000"),
+        ("https://u:tok@tracking", "https://u:***@tracking"),
     ],
 )
 def test_browse_command(uri, expected):

@@ -157,6 +157,11 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="Where Ray puts the workers (the placement group of the worker group): PACK = "
+        "as few nodes as fit, SPREAD = across nodes where possible, STRICT_PACK = all on one node, STRICT_SPREAD "
+        "= each on a different node (the job waits until num_workers nodes have room). Case-insensitive.",
+    )
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         default="auto", description="auto = bf16 on GPUs that support it, else fp16 on GPU, off on CPU; "
         "bf16 = bf16 on GPU and CPU (fast on CPUs with AVX512-BF16 or AMX)."
@@ -185,6 +190,11 @@ class TrainConfig(StrictModel):
         "rerun gives the same curve where Ray allows (1 worker, data.deterministic).",
     )
 
+    @field_validator("placement_strategy", mode="before")
+    @classmethod
+    def _strategy_upper(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
 
 class TrackingConfig(StrictModel):
     """MLflow experiment, run name and registered model."""
@@ -194,6 +204,12 @@ class TrackingConfig(StrictModel):
     model_name: str | None = Field(default=None, description="Registered model name; None = do not register.")
     alias: str = Field(default="champion", description="Alias moved to a new version only when it is better.")
     tracking_uri: str | None = Field(default=None, description="Overrides MLFLOW_TRACKING_URI.")
+    artifact_location: str | None = Field(
+        default=None,
+        description="Where a new experiment keeps its artifacts (e.g. s3://bucket/prism); required for a new "
+        "experiment on a database store (postgresql+psycopg2://…); null = mlartifacts/ beside an embedded "
+        "mlflow.db, or the tracking server's choice. An existing experiment keeps its location.",
+    )
 
 
 def _task_union() -> Any:

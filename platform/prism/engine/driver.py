@@ -85,7 +85,8 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
 
     A lost worker (or node) costs a restart of the worker group from the latest reported checkpoint,
     ``train.max_failures`` times: :func:`~prism.engine.loop.train_loop_per_worker` resumes from
-    ``ray.train.get_checkpoint()``.
+    ``ray.train.get_checkpoint()``. The workers are placed by ``train.placement_strategy`` (the worker
+    group's placement group strategy).
     """
     t = cfg.train
     return TorchTrainer(
@@ -94,7 +95,8 @@ def build_trainer(cfg: JobConfig, datasets: dict, *, callbacks: list | None = No
                            "resume_from": None if resume_from is None else str(Path(resume_from).resolve()),
                            "val_fingerprint": val_fingerprint, "verbose": verbose()},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+                                     resources_per_worker={"CPU": t.cpus_per_worker},
+                                     placement_strategy=t.placement_strategy),
         datasets=datasets,
         run_config=RunConfig(
             name=run_name,
@@ -158,7 +160,7 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
 
     cfg = resolve_img_size(cfg)
     uri = configure_tracking(cfg.tracking.tracking_uri)
-    experiment_id = get_or_create_experiment(cfg.tracking.experiment)
+    experiment_id = get_or_create_experiment(cfg.tracking.experiment, cfg.tracking.artifact_location)
     task = build_task(cfg)
     check_metric(cfg, task)
     try:

@@ -4,8 +4,10 @@ Prism defaults to an embedded store, a SQLite file ``mlflow.db`` in the working 
 training job needs no server. Run artifacts and logged models of experiments created here go to
 ``<dir of mlflow.db>/mlartifacts/<experiment>`` (absolute file paths), so that
 ``mlflow ui --backend-store-uri sqlite:///<abs path>/mlflow.db`` shows metrics *and* artifacts.
-Any other tracking URI (``http://...``, ``postgresql://...``, ``databricks``) is used as is and
-the server decides where artifacts go.
+Any other tracking URI (``http://...``, ``postgresql+psycopg2://...``, ``databricks``) is used as is: a
+tracking server decides where artifacts go; a database store needs an artifact location for new
+experiments (``tracking.artifact_location``, e.g. ``s3://bucket/prism``), since MLflow's own default there,
+``./mlruns`` of whichever process creates the experiment, is on no other node.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ ARTIFACTS_DIRNAME = "mlartifacts"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 _SQLITE_PREFIX = "sqlite:///"
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -70,12 +73,22 @@ def artifact_root(uri: str | None = None) -> Path | None:
     return None if db_path is None else db_path.parent / ARTIFACTS_DIRNAME
 
 
-def get_or_create_experiment(name: str) -> str:
+def is_database_uri(uri: str) -> bool:
+    """Whether ``uri`` is a SQLAlchemy URI of a database server (``postgresql+psycopg2://…``, ``mysql://…``)."""
+    return urlparse(uri).scheme.split("+", 1)[0] in _DATABASE_SCHEMES
+
+
+def get_or_create_experiment(name: str, artifact_location: str | None = None) -> str:
     """Return the id of experiment ``name`` in the current store, creating it if needed.
 
-    With the embedded SQLite store a new experiment gets the artifact location
-    ``<dir of mlflow.db>/mlartifacts/<name>``; with any other store the server's default.
-    Safe against a concurrent creation of the same name (e.g. two Ray workers).
+    A new experiment keeps its artifacts at ``artifact_location`` when given (e.g. ``s3://bucket/prism``);
+    otherwise, with the embedded SQLite store, at ``<dir of mlflow.db>/mlartifacts/<name>``, and with a
+    tracking server where the server says. An existing experiment keeps its location. Safe against a
+    concurrent creation of the same name (e.g. two Ray workers).
+
+    Raises:
+        ValueError: an empty name, a deleted experiment, or a new experiment on a database server store
+            without ``artifact_location`` (MLflow would put its artifacts in this process's ``./mlruns``).
     """
     if not name or not name.strip():
         raise ValueError("experiment name must be a non-empty string, e.g. 'prism'")
@@ -83,7 +96,16 @@ def get_or_create_experiment(name: str) -> str:
     existing = client.get_experiment_by_name(name)
     if existing is None:
         root = artifact_root()
-        location = None if root is None else str(root / _UNSAFE_PATH_CHARS.sub("_", name.strip("/")))
+        location = artifact_location
+        if location is None and root is not None:
+            location = str(root / _UNSAFE_PATH_CHARS.sub("_", name.strip("/")))
+        if location is None and is_database_uri(mlflow.get_tracking_uri()):
+            raise ValueError(
+                f"experiment {name!r} does not exist in the database store {redact_uri(mlflow.get_tracking_uri())} "
+                "and no artifact location is set: MLflow would keep its artifacts in ./mlruns of this process, "
+                "which no other node sees. Set tracking.artifact_location (e.g. s3://bucket/prism), or point "
+                "MLFLOW_TRACKING_URI at an MLflow tracking server that serves artifacts (docs/cluster.md)"
+            )
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException as exc:  # lost a race with another process creating it
@@ -98,16 +120,26 @@ def get_or_create_experiment(name: str) -> str:
     return existing.experiment_id
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (what logs and messages may show)."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def browse_command(uri: str | None = None) -> str:
     """The line to show users for browsing ``uri`` (default: the current tracking URI).
 
     For a database or local store this is the exact ``mlflow ui --backend-store-uri ...`` command
-    (absolute path, shell-quoted); for a tracking server it is the server URL itself.
+    (absolute path, shell-quoted); for a tracking server it is the server URL itself. A password in the
+    URI is never shown (``***``; keep it in ``~/.pgpass`` or the URI's environment variable instead).
     """
     uri = uri or mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return uri
+        return redact_uri(uri)
     db_path = sqlite_path(uri)
     if db_path is not None:
         uri = f"{_SQLITE_PREFIX}{db_path}"
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))}"

@@ -236,7 +236,7 @@ def run_sweep(job: str | Path, space: str | Path, overrides: list[str] | None = 
     uri = configure_tracking(cfg.tracking.tracking_uri)
     base = _absolute(cfg, uri)
     metric = cfg.train.metric
-    experiment_id = get_or_create_experiment(cfg.tracking.experiment)
+    experiment_id = get_or_create_experiment(cfg.tracking.experiment, cfg.tracking.artifact_location)
     ensure_ray()
     _warn_if_no_cpu_left(cfg, sp)
     per_trial = data_keys(sp)

@@ -350,7 +350,7 @@ def publish_features(cfg: JobConfig, outcome: FeaturesOutcome, job_file: str | N
     from prism.tracking.registry import set_alias
 
     configure_tracking(cfg.tracking.tracking_uri)
-    experiment_id = get_or_create_experiment(cfg.tracking.experiment)
+    experiment_id = get_or_create_experiment(cfg.tracking.experiment, cfg.tracking.artifact_location)
     with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name) as run:
         log_resolved_config(cfg.model_dump(mode="json"))
         mlflow.set_tags({"prism.task": "features", "prism.backbone": cfg.backbone.name,
