@@ -291,7 +291,17 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override '{item}' has an empty key")
-    return parts, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return parts, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"override '{item}': the value of {'.'.join(parts)} is not valid YAML ({problem}); "
+                          "quote a text value, e.g. key='a: b'") from None
+
+
+def _index(part: str, length: int) -> int | None:
+    """``part`` as an index into a list of ``length`` items (ASCII digits, in range), else None."""
+    return int(part) if part.isascii() and part.isdigit() and int(part) < length else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -303,9 +313,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for depth, part in enumerate(parts[:-1]):
             where = ".".join(parts[: depth + 1])
             if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
+                index = _index(part, len(node))
+                if index is None:
                     raise ConfigError(f"override '{item}': '{where}' — index out of range (length {len(node)})")
-                node = node[int(part)]
+                node = node[index]
             else:
                 if node.get(part) is None:
                     node[part] = {}
@@ -314,9 +325,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ConfigError(f"override '{item}': '{where}' is a value, not a section")
         last = parts[-1]
         if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
+            index = _index(last, len(node))
+            if index is None:
                 raise ConfigError(f"override '{item}': index '{last}' out of range (length {len(node)})")
-            node[int(last)] = value
+            node[index] = value
         else:
             node[last] = value
     return out

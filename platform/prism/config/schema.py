@@ -25,19 +25,44 @@ class ConfigError(ValueError):
     """A job spec or override is invalid; the message names every bad key."""
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (or ``None`` when it cannot be followed)."""
+def _internal(part: Any) -> bool:
+    """A ``loc`` part pydantic adds for its own machinery (``function-after[...]``, ``list[...]``)."""
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _member(annotation: Any, key: str, tag: str) -> type[BaseModel] | None:
+    """The model of a tagged union ``annotation`` whose ``key`` field holds ``tag``."""
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            field = arg.model_fields.get(key)
+            if field is not None and (field.default == tag or tag in (getattr(field.annotation, "__args__", ()) or ())):
+                return arg
+        elif (found := _member(arg, key, tag)) is not None:
+            return found
+    return None
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[BaseModel] | None]]:
+    """``loc`` as the user wrote the key and, per part, the model class that owns it (None where it cannot be
+    followed). A tagged union's tag, which pydantic puts in ``loc`` (``task.multihead.heads``), is left out."""
+    parts: list[Any] = []
+    owners: list[type[BaseModel] | None] = []
     current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        current = _unwrap(field.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    i = 0
+    while i < len(loc):
+        part, i = loc[i], i + 1
+        owner = current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        parts.append(part)
+        owners.append(owner)
+        if isinstance(part, int) or _internal(part):
+            continue  # a list item or pydantic's machinery: the same model goes on
+        field = owner.model_fields.get(str(part)) if owner is not None else None
+        current = _unwrap(field.annotation) if field is not None else None
+        if field is not None and isinstance(field.discriminator, str) and i < len(loc) and isinstance(loc[i], str):
+            member = _member(field.annotation, field.discriminator, loc[i])
+            if member is not None:
+                current, i = member, i + 1
+    return tuple(parts), owners
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -52,17 +77,17 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    return ".".join(str(p) for p in loc if not _internal(p))
 
 
 def format_validation_error(model: type[BaseModel], err: ValidationError, source: str = "config") -> str:
     """One line per problem: ``train.num_workrs: unknown key (did you mean 'train.num_workers'?)``."""
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc, owners = _walk(model, tuple(e["loc"]))
         key = _dotted(loc) or "job"
         if e["type"] == "extra_forbidden":
-            parent = _model_at(model, loc[:-1]) if len(loc) > 1 else model
+            parent = owners[-1] if owners else model
             valid = sorted(parent.model_fields) if parent is not None else []
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             prefix = _dotted(loc[:-1])

@@ -19,6 +19,7 @@ __all__ = [
     "check_decodable",
     "crop_draft_side",
     "decode_image",
+    "exif_upright",
     "read_bytes",
     "resize_rgb",
     "to_rgb",
@@ -40,8 +41,15 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def decode_image(data: bytes, source: str = "<bytes>", min_side: int | None = None) -> Image.Image:
-    """Fully decode ``data`` to an RGB PIL image; a :class:`ValueError` names ``source`` on failure.
+def decode_image(data: bytes, source: str = "<bytes>", min_side: int | None = None,
+                 upright: bool = True) -> Image.Image:
+    """Fully decode ``data`` to an RGB PIL image as viewers show it; a :class:`ValueError` names ``source``
+    on failure.
+
+    An EXIF orientation (phone photos; JPEG, PNG, WebP, TIFF) is applied (:func:`exif_upright`; ``upright=
+    False`` keeps the stored pixels, for annotations made in stored coordinates), an animation gives its
+    first frame, and :func:`to_rgb` makes it RGB (alpha and palette transparency dropped, 16-bit scaled to
+    8 bits).
 
     ``min_side`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale in libjpeg (``Image.draft``) as long as both
     sides stay ``>= min_side``: a few times faster for large photos, pixels close to but not equal to a full
@@ -52,10 +60,26 @@ def decode_image(data: bytes, source: str = "<bytes>", min_side: int | None = No
         if min_side is not None:
             img.draft("RGB", (min_side, min_side))
         img.load()
+        if upright:
+            img = exif_upright(img)
     except Exception as e:  # PIL raises several types for corrupt data
         said = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))  # PIL names the buffer, not the file
         raise ValueError(f"cannot decode image {source}: {type(e).__name__}: {said}") from None
     return to_rgb(img, source)
+
+
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag (274) saying how the stored pixels are turned for display."""
+
+
+def exif_upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (values 2..8, PIL's ``exif_transpose``), else ``img``
+    itself: no copy of the many images without an orientation."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) not in range(2, 9):
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
 
 
 def array_to_uint8(image: np.ndarray, name: str = "<image>") -> np.ndarray:

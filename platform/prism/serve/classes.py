@@ -34,8 +34,11 @@ MAX_NAME_CHARS = 200
 NAMESPACE = "prism"
 
 
-def check_class_name(name: str | None) -> str:
-    """The stripped class name, or ``ValueError`` (empty, over :data:`MAX_NAME_CHARS`, control characters)."""
+def check_class_name(name: object) -> str:
+    """The stripped class name, or ``ValueError`` (not text, empty, over :data:`MAX_NAME_CHARS`, control
+    characters)."""
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"a class name must be text, got {type(name).__name__} {name!r:.80}; send one `name`")
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME_CHARS or any(ord(ch) < 32 for ch in name):
         raise ValueError(f"a class name must be 1 to {MAX_NAME_CHARS} printable characters, got {name!r}")

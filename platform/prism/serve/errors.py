@@ -17,7 +17,8 @@ image_too_large       413     width x height over ``max_image_pixels`` (read fro
 too_many_images       413     more than ``max_images_per_request`` images
 model_not_loaded      503     the replica has no model yet (or loading it failed)
 reload_failed         502     ``POST /reload`` could not load the model; the old one keeps serving
-not_found, ...        4xx     Starlette's own HTTP errors (unknown route, wrong method), code from the phrase
+not_found, ...        4xx     Starlette's own HTTP errors (unknown route, wrong method), code from the phrase;
+                              a 405's ``Allow`` lists every method served at the path
 internal              500     anything else (a bug)
 ====================  ======  ==============================================================
 
@@ -31,15 +32,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-__all__ = ["REQUEST_ID_HEADER", "RequestError", "install_error_handlers", "request_id", "server_error"]
+__all__ = ["REQUEST_ID_HEADER", "RequestError", "allowed_methods", "install_error_handlers", "request_id",
+           "server_error"]
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +105,42 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     return RequestError(400, "invalid_request", _validation_detail(exc)).response()
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+def _route_methods(routes: Iterable[Any], path: str) -> set[str]:
+    """The methods of every route in ``routes`` (and the routers they include) whose path matches ``path``."""
+    methods: set[str] = set()
+    for route in routes:
+        regex, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and allowed and regex.match(path):
+            methods |= set(allowed)
+        inner = getattr(route, "routes", None) or getattr(getattr(route, "original_router", None), "routes", None)
+        if inner:
+            methods |= _route_methods(inner, path)
+    return methods
+
+
+def allowed_methods(request: Request, said: str | None) -> str:
+    """The ``Allow`` header of a 405: every method some route serves at the request's path.
+
+    Starlette answers with the methods of the first route whose path matched, so ``GET /classes`` alone
+    where ``POST /classes`` is a separate route; ``said`` is that answer, kept in the union.
+    """
+    methods = {m.strip().upper() for m in (said or "").split(",") if m.strip()}
+    methods |= _route_methods(getattr(request.app, "routes", ()), request.url.path)
+    return ", ".join(sorted(methods))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     try:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     except ValueError:
         code = f"http_{exc.status_code}"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request, headers.get("Allow") or headers.get("allow"))
+        headers.pop("allow", None)
     return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+                        headers=headers or None)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

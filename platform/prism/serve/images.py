@@ -12,15 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 
 from PIL import Image, UnidentifiedImageError
 
 from prism.data.images import decode_image
 from prism.serve.errors import RequestError
 
-__all__ = ["decode_base64", "open_checked"]
+__all__ = ["decode_base64", "image_size", "open_checked"]
 
 _DATA_URL_MARK = ";base64,"
+_BUFFER = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 def decode_base64(text: str, name: str) -> bytes:
@@ -43,8 +45,9 @@ def image_size(data: bytes, name: str) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:  # PIL's own, much larger, limit
         raise RequestError(413, "image_too_large", f"{name}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        said = _BUFFER.sub("", str(exc))  # PIL names the in-memory buffer, not the file
         raise RequestError(
-            400, "undecodable_image", f"{name}: not an image PIL can read ({type(exc).__name__}: {exc})"
+            400, "undecodable_image", f"{name}: not an image PIL can read ({type(exc).__name__}: {said})"
         ) from None
 
 

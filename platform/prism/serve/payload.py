@@ -9,6 +9,8 @@ their failures onto the API's errors.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from prism.serve.errors import RequestError
 from prism.serve.images import decode_base64
 from prism.serve.settings import MAX_REQUEST_BYTES
 
-__all__ = ["Payload", "limit_body", "parse_options", "read_payload"]
+__all__ = ["JSONOptions", "Payload", "limit_body", "parse_options", "read_payload"]
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
@@ -39,10 +41,16 @@ class _JSONBody(BaseModel):
     names: list[str] | None = None
 
 
+class JSONOptions(dict):
+    """Options from a JSON body: typed values, which must already have their option's type (``"tta": 0`` or
+    ``"top_k": "3"`` are refused), where form fields are text that :func:`parse_options` converts."""
+
+
 @dataclass(frozen=True)
 class Payload:
     """What a predict request carries: ``names[i]`` names the image file ``images[i]``; ``options`` are the
-    request's task options, raw (form strings or JSON values), checked by :func:`parse_options`."""
+    request's task options, raw (form strings, or JSON values as :class:`JSONOptions`), checked by
+    :func:`parse_options`."""
 
     names: list[str]
     images: list[bytes]
@@ -88,12 +96,84 @@ def _too_many(n: int | str, limit: int) -> RequestError:
     )
 
 
+def _integral(value: Any) -> Any:
+    """``value`` with every integral float an int: JSON Schema's ``integer`` counts ``3.0`` and ``1e3`` in."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a property schema allows (through ``anyOf`` / ``oneOf`` and ``enum`` values)."""
+    declared = schema.get("type", [])
+    types = {declared} if isinstance(declared, str) else set(declared)
+    types |= {{bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(v), "other")
+              for v in schema.get("enum", [])}
+    for sub in (*schema.get("anyOf", []), *schema.get("oneOf", [])):
+        types |= _types(sub)
+    return types
+
+
+@functools.lru_cache(maxsize=32)
+def _field_types(options_class: type[BaseModel]) -> dict[str, frozenset[str]]:
+    """JSON types of each option, and of the items of array options (key ``"<name>[]"``)."""
+    out: dict[str, frozenset[str]] = {}
+    for name, prop in options_class.model_json_schema().get("properties", {}).items():
+        out[name] = frozenset(_types(prop))
+        items = [s.get("items", {}) for s in (prop, *prop.get("anyOf", [])) if "items" in s]
+        out[f"{name}[]"] = frozenset(t for item in items for t in _types(item))
+    return out
+
+
+def _form_value(text: str, types: frozenset[str]) -> Any:
+    """A form field's text as the JSON value it spells, unless the option takes text (``true``, ``3``, ``0.5``,
+    ``["a", "b"]``; ``True`` / ``FALSE`` too, as Python's ``str(bool)`` sends them); text that spells none
+    stays text, for the option's own check to refuse or read (a classifier's comma-separated classes)."""
+    if not types or "string" in types:
+        return text
+    if "boolean" in types and text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return text if value is None else value  # a form documents no null: `top_k=null` is refused
+
+
+def _request_values(options_class: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
+    """Form fields (text, or lists of text for a repeated field) → JSON values, by each option's types."""
+    types = _field_types(options_class)
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if isinstance(value, list):
+            item_types = types.get(f"{key}[]", frozenset())
+            out[key] = [_form_value(v, item_types) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str):
+            out[key] = _form_value(value, types.get(key, frozenset()))
+        else:
+            out[key] = value
+    return out
+
+
 def parse_options(options_class: type[BaseModel], defaults: dict[str, Any], raw: dict[str, Any]) -> BaseModel:
     """The request's options as the served task's ``options_class``: ``defaults`` (the deployment's),
     overridden by the request's ``raw`` values; a bad or unknown option is a 400 naming it and the options
-    the task accepts."""
+    the task accepts.
+
+    The request's values must have the JSON types the OpenAPI spec documents: those of a JSON body
+    (:class:`JSONOptions`) as sent (``"tta": 0`` or ``"top_k": "3"`` are refused), form fields as the JSON
+    their text spells (``tta=true``, ``top_k=3``; ``tta=0`` or ``tta=yes`` are refused), text options as
+    text. ``null`` (a JSON body) means "not given".
+    """
+    given = {k: v for k, v in raw.items() if v is not None}
     try:
-        return options_class.model_validate({**defaults, **{k: v for k, v in raw.items() if v is not None}})
+        typed = _integral(given if isinstance(raw, JSONOptions) else _request_values(options_class, given))
+        options_class.model_validate_json(json.dumps(typed), strict=True)
+        return options_class.model_validate({**defaults, **typed})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise RequestError(400, "invalid_request", f"options: {problems} (this model accepts "
@@ -145,7 +225,7 @@ async def _read_json(request: Request, limit: int) -> Payload:
             400, "invalid_request", f"{len(names)} names for {len(req.images)} images; give one name per image"
         )
     images = [decode_base64(text, name) for text, name in zip(req.images, names, strict=True)]
-    return Payload(names, images, dict(req.model_extra or {}))
+    return Payload(names, images, JSONOptions(req.model_extra or {}))
 
 
 async def read_payload(request: Request, max_images: int, max_bytes: int = MAX_REQUEST_BYTES) -> Payload:

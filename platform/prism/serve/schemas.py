@@ -18,13 +18,17 @@ spec of a replica documents the options of the task it serves. The response is t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, TypeAdapter, create_model
+from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema, create_model
+from pydantic.fields import FieldInfo
 
+from prism.serve.payload import MAX_OPTION_FIELDS
 from prism.tasks.options import PredictOptions
 
 __all__ = [
+    "BASE64_IMAGE",
+    "IMAGE_FILE",
     "BatchingStats",
     "ErrorBody",
     "Health",
@@ -37,12 +41,25 @@ __all__ = [
 ]
 
 
+BASE64_IMAGE: dict[str, Any] = {"type": "string", "format": "byte"}
+"""An image file as base64 text in a JSON body (OpenAPI's ``format: byte``)."""
+IMAGE_FILE: dict[str, Any] = {"type": "string", "format": "binary"}
+"""An image file as a multipart part (OpenAPI's ``format: binary``)."""
+WHITE_PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mP4//8/AAX+Av4zEpUUAAAAAElFTkSuQmCC"
+"""A 1x1 white PNG as base64: the documented example of ``images``, which the server accepts as it is."""
+
+
 def predict_json_model(options_class: type[BaseModel]) -> type[BaseModel]:
-    """The JSON body of ``POST /predict`` for a task: its options (``options_class``) + ``images`` + ``names``."""
+    """The JSON body of ``POST /predict`` for a task: its options (``options_class``) + ``images`` + ``names``.
+
+    Every option may also be ``null``, which the server reads as "not given" (the deployment's default).
+    """
+    nullable = {name: (field.annotation | None, field) for name, field in options_class.model_fields.items()}
     return create_model(
-        "PredictJSON", __base__=options_class,
-        images=(list[str], Field(description="image files as base64 (a data:image/...;base64, URL is accepted "
-                                 "too)", examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]])),
+        "PredictJSON", __base__=options_class, **nullable,
+        images=(list[Annotated[str, WithJsonSchema(BASE64_IMAGE)]],
+                Field(min_length=1, description="image files as base64 (a data:image/...;base64, URL is accepted "
+                      "too)", examples=[[WHITE_PIXEL_PNG]])),
         names=(list[str] | None, Field(None, description="a name per image for the results (default image_0, "
                                        "image_1, ...)")),
     )
@@ -101,22 +118,33 @@ class ReloadResult(BaseModel):
     current: ModelInfo
 
 
-def _form_property(field: Any) -> dict[str, Any]:
-    """A multipart form field's schema from an options field (form values are strings; OpenAPI says the type)."""
-    schema = TypeAdapter(field.annotation).json_schema()
+def _form_property(field: FieldInfo) -> dict[str, Any]:
+    """A multipart form field's schema from an options field (form values are strings; OpenAPI says the type),
+    with the field's constraints (``ge``, ``min_length``, ...), which the server checks."""
+    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    schema = TypeAdapter(annotation).json_schema()
     schema = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
     return {**schema, "description": field.description or ""}
 
 
 def predict_openapi(options_class: type[BaseModel]) -> dict[str, Any]:
-    """The ``requestBody`` of ``POST /predict`` for a task whose request options are ``options_class``."""
-    form = {"images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "image files"},
-            **{name: _form_property(f) for name, f in options_class.model_fields.items()}}
+    """The ``requestBody`` of ``POST /predict`` for a task whose request options are ``options_class``.
+
+    In a form, a list option is its field repeated, and a form holds at most ``MAX_OPTION_FIELDS`` text
+    fields, so a list may have as many items as are left when every other option is given once.
+    """
+    options = {name: _form_property(f) for name, f in options_class.model_fields.items()}
+    room = MAX_OPTION_FIELDS - (len(options) - 1)
+    for prop in options.values():
+        if prop.get("type") == "array":
+            prop["maxItems"] = min(prop.get("maxItems", room), room)
+    form = {"images": {"type": "array", "items": IMAGE_FILE, "minItems": 1, "description": "image files"}, **options}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": form}},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": form,
+                                                   "additionalProperties": False}},
                 "application/json": {"schema": predict_json_model(options_class).model_json_schema()},
             },
         }
@@ -127,13 +155,15 @@ CLASSES_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["name", "images"], "properties": {
-                "name": {"type": "string", "maxLength": 200, "description": "the new class's name"},
-                "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["name", "images"],
+                                               "additionalProperties": False, "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 200, "description": "the new class's name"},
+                "images": {"type": "array", "items": IMAGE_FILE, "minItems": 1,
                            "description": "a few example images of the class (5 to 20 is typical)"}}}},
-            "application/json": {"schema": {"type": "object", "required": ["name", "images"], "properties": {
-                "name": {"type": "string", "maxLength": 200},
-                "images": {"type": "array", "items": {"type": "string"}, "description": "base64 images"}}}},
+            "application/json": {"schema": {"type": "object", "required": ["name", "images"],
+                                            "additionalProperties": False, "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                "images": {"type": "array", "items": BASE64_IMAGE, "minItems": 1, "description": "base64 images"}}}},
         },
     }
 }
