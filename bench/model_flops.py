@@ -125,7 +125,7 @@ def job_config(backbone: str, lora_last_k: int | None) -> Any:
 
 def predictor_model(cfg: Any, device: torch.device) -> tuple[Any, torch.nn.Module]:
     """(task, model) as ``Predictor.from_bundle`` returns them, via a bundle written to a temporary folder."""
-    from prism.adapters import trainable_names_union
+    from prism.adapters import bundle_names
     from prism.inference.bundle import write_bundle
     from prism.inference.predictor import Predictor
     from prism.tasks import build_task
@@ -133,7 +133,7 @@ def predictor_model(cfg: Any, device: torch.device) -> tuple[Any, torch.nn.Modul
     task = build_task(cfg)
     model = build_model(cfg, task)
     with tempfile.TemporaryDirectory() as tmp:
-        write_bundle(Path(tmp), cfg, task, model, trainable_names_union(model, cfg.stages))
+        write_bundle(Path(tmp), cfg, task, model, bundle_names(model, cfg.stages))
         predictor = Predictor.from_bundle(tmp, device=device)
     return predictor.task, predictor.model
 

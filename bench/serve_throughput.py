@@ -44,7 +44,7 @@ def register_model(root: Path, overrides: list[str]) -> tuple[str, str]:
     import mlflow
     import torch
 
-    from prism.adapters import trainable_names_union
+    from prism.adapters import bundle_names
     from prism.config import load_config
     from prism.engine.model import build_model
     from prism.inference.bundle import write_bundle
@@ -57,7 +57,7 @@ def register_model(root: Path, overrides: list[str]) -> tuple[str, str]:
     task = build_task(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, task)
-    bundle = write_bundle(root / "bundle", cfg, task, model, sorted(trainable_names_union(model, cfg.stages)))
+    bundle = write_bundle(root / "bundle", cfg, task, model, sorted(bundle_names(model, cfg.stages)))
     uri = configure_tracking(f"sqlite:///{root}/mlflow.db")
     experiment = get_or_create_experiment("serve-bench")
     with mlflow.start_run(experiment_id=experiment) as run:

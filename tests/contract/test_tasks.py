@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prism.adapters import apply_stage, trainable_names_union
+from prism.adapters import apply_stage, bundle_names
 from prism.config import JobConfig
 from prism.engine.inputs import model_inputs, to_device, unbatch
 from prism.engine.model import build_model, check_plan
@@ -192,7 +192,7 @@ def test_serve_path_answers_what_the_predictor_answers(case, tmp_path, monkeypat
     from prism.serve.schemas import predict_openapi
 
     task, model, batch = case
-    write_bundle(tmp_path / "bundle", task.cfg, task, model, trainable_names_union(model, task.cfg.stages))
+    write_bundle(tmp_path / "bundle", task.cfg, task, model, bundle_names(model, task.cfg.stages))
     files = [png(im) for im in batch["image"][:3]]
     expected = Predictor.from_bundle(tmp_path / "bundle", device="cpu").predict(files, tta=True,
                                                                                  options=task.example_options())

@@ -57,7 +57,7 @@ class Fabricated:
 def build_bundle(path: Path, seed: int = 0, std: float = 0.5, plan: str = PLAN) -> Fabricated:
     """Write a bundle of the circles job (tiny backbone, 64 px, stage ``plan``) into ``path``, as training
     would; LoRA B and the heads are drawn from N(0, ``std``) with ``seed``, so the adapters change predictions."""
-    from prism.adapters import trainable_names_union
+    from prism.adapters import bundle_names
     from prism.config import load_config
     from prism.engine.model import build_model
     from prism.inference.bundle import write_bundle
@@ -71,7 +71,7 @@ def build_bundle(path: Path, seed: int = 0, std: float = 0.5, plan: str = PLAN) 
         for name, p in model.named_parameters():
             if "lora_B" in name or name.startswith("heads."):
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
-    names = sorted(trainable_names_union(model, cfg.stages))
+    names = sorted(bundle_names(model, cfg.stages))
     write_bundle(path, cfg, task, model, names)
     return Fabricated(path, model.eval(), names)
 

@@ -101,3 +101,28 @@ def test_export_merges_lora_into_plain_backbone_weights(bundle, tmp_path_factory
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert set(load_file(str(out / "heads.safetensors"))) == {k.removeprefix("heads.") for k in model.state_dict()
                                                              if k.startswith("heads.")}
+
+
+def test_a_probe_only_plan_of_a_model_with_lora_writes_a_loadable_bundle(tmp_path):
+    """LoRA configured but never trained (a probe-only plan): the bundle still holds the adapters it builds,
+    so it loads strictly and predicts as the model did (the names a plan trains alone are not enough)."""
+    from prism.adapters import bundle_names, lora_parameter_names, trainable_names_union
+    from prism.config import load_config
+    from prism.engine.model import build_model
+    from prism.inference.bundle import write_bundle
+    from prism.tasks import build_task
+    from tests.conftest import CIRCLES_JOB
+
+    cfg = load_config(CIRCLES_JOB, ["backbone.img_size=64", "stages=[{kind: probe, epochs: 1, lr: {head: 1e-3}}]"])
+    task = build_task(cfg)
+    model = build_model(cfg, task).eval()
+    lora = lora_parameter_names(model)
+    assert lora and not lora & trainable_names_union(model, cfg.stages)
+    with pytest.raises(ValueError, match="missing"):
+        load_bundle(write_bundle(tmp_path / "union", cfg, task, model, trainable_names_union(model, cfg.stages)))
+    _, _, rebuilt = load_bundle(write_bundle(tmp_path / "bundle", cfg, task, model, bundle_names(model, cfg.stages)))
+    x = {"image": torch.randn(2, 3, 64, 64)}
+    with torch.no_grad():
+        a, b = model(x), rebuilt(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])

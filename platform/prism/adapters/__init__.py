@@ -11,6 +11,7 @@ stage_lr_keys(model) -> list[str]                      # lr keys a stage may use
 apply_stage(model, stage) -> list[param group]         # {"name", "params", "lr", "weight_decay"}
 stage_parameter_names(model, stage) -> {group: set[param name]}
 trainable_names_union(model, stages) -> set[str]
+bundle_names(model, stages) -> set[str]                # what a bundle holds: the union + every LoRA tensor
 trainable_report(model) -> str
 adapted_state_dict / save_adapted / load_adapted, save_lora / load_lora   (safetensors, every site)
 merge_lora(model) -> model                             # folds every site
@@ -25,6 +26,7 @@ from prism.adapters.stages import (
     GROUPS,
     STAGE_KINDS,
     apply_stage,
+    bundle_names,
     parameter_groups,
     stage_lr_keys,
     stage_parameter_names,
@@ -46,6 +48,7 @@ __all__ = [
     "add_lora",
     "apply_stage",
     "build_targets",
+    "bundle_names",
     "has_lora",
     "head_sites",
     "load_adapted",

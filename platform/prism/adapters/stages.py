@@ -52,6 +52,7 @@ __all__ = [
     "stage_lr_keys",
     "stage_parameter_names",
     "trainable_names_union",
+    "bundle_names",
 ]
 
 STAGE_KINDS = ("probe", "lora", "unfreeze")
@@ -287,3 +288,15 @@ def trainable_names_union(model: nn.Module, stages: Iterable[Any]) -> set[str]:
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+def bundle_names(model: nn.Module, stages: Iterable[Any]) -> set[str]:
+    """The parameters a bundle or checkpoint of this plan holds: every one some stage trains
+    (:func:`trainable_names_union`) and every LoRA parameter of the model.
+
+    A plan that never trains an adapter (a probe-only job of a model with LoRA configured) still builds it,
+    and loading needs its tensors: without them the bundle could not be loaded strictly.
+    """
+    from prism.adapters.lora import lora_parameter_names
+
+    return trainable_names_union(model, stages) | lora_parameter_names(model)

@@ -122,6 +122,15 @@ def resolve_labels_csv(cfg: JobConfig) -> Path:
     return out / "labels.csv"
 
 
+def _warn_if_node_local(folder: Path, key: str) -> None:
+    """Warn when files generated on this node feed a cluster of several nodes (decode tasks run anywhere)."""
+    from prism.runtime.ray_cluster import alive_nodes
+
+    if alive_nodes() > 1:
+        log.warning("%s was written on this node only, and %d nodes may run the decode tasks: put it on storage "
+                    "every node mounts (%s=/mnt/shared/…, docs/cluster.md)", folder, alive_nodes(), key)
+
+
 def split_table(rows: pd.DataFrame, stratify: np.ndarray, val_fraction: float, seed: int
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified train/val split (sklearn); falls back to a plain split when a class is too rare."""
@@ -236,6 +245,8 @@ def build_datasets(cfg: JobConfig, task: Task, img_size: int) -> TrainData:
     split = split_labels(cfg, task)
     train_df, val_df = split.train, split.val
     ensure_ray()
+    if d.labels_path() is None:
+        _warn_if_node_local(split.labels_csv.parent, "data.synthetic.cache_dir")
     a = d.augment
     decode_train = DecodeImages(img_size, train=True, hflip=a.hflip, vflip=a.vflip, rot90=a.rot90,
                                 crop_scale=a.crop_scale, crop_ratio=a.crop_ratio, brightness=a.brightness)

@@ -48,6 +48,16 @@ class TrainOutcome:
     history: list[dict[str, float]]
     model_version: str | None = None
     promoted: bool = False
+    best_checkpoint_uri: str = ""
+    """Where the best checkpoint is, as a URI for remote storage (``s3://…``); the path for local storage."""
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray Train ``Checkpoint``'s location: ``s3://bucket/…`` / ``gs://…`` on remote storage (whose
+    ``checkpoint.path`` has no scheme), the plain path on local disk."""
+    kind = getattr(getattr(checkpoint, "filesystem", None), "type_name", "local")
+    scheme = {"local": "", "gcs": "gs"}.get(kind, kind)
+    return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
 
 
 def resolve_img_size(cfg: JobConfig) -> JobConfig:
@@ -217,7 +227,8 @@ def run_training(cfg: JobConfig, job_file: str | None = None, *, parent_run_id: 
         for path, table in task.tables(stats).items():
             mlflow.log_text(table.to_csv(index=False), path)
 
-        outcome = TrainOutcome(run_id, best_value, cfg.train.metric, Path(best.path), history)
+        outcome = TrainOutcome(run_id, best_value, cfg.train.metric, Path(best.path), history,
+                               best_checkpoint_uri=checkpoint_uri(best))
         if register and cfg.tracking.model_name:
             with tempfile.TemporaryDirectory() as tmp, best.as_directory() as d:
                 bundle = stage_bundle(Path(d), Path(tmp) / "bundle")
@@ -237,7 +248,7 @@ def _print_summary(cfg: JobConfig, o: TrainOutcome, browse: str) -> None:
              f"(MLflow run {o.run_id})"]
     if heads:
         lines.append(f"[prism] held-out accuracy at that epoch: {heads}")
-    lines.append(f"[prism] best checkpoint: {o.best_checkpoint}")
+    lines.append(f"[prism] best checkpoint: {o.best_checkpoint_uri or o.best_checkpoint}")
     if o.model_version:
         alias = cfg.tracking.alias
         moved = f"alias '{alias}' moved to it" if o.promoted else f"alias '{alias}' kept (not better)"

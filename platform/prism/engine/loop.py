@@ -124,7 +124,7 @@ def _restore(model: nn.Module, resume_from: str | None) -> tuple[TrainState, dic
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Run the stage plan of ``config["job"]`` on this worker (see the module docstring)."""
-    from prism.adapters import apply_stage, trainable_names_union, trainable_report
+    from prism.adapters import apply_stage, bundle_names, trainable_report
     from prism.engine.model import build_model
     from prism.tasks import build_task
 
@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
     model = build_model(cfg, task)
-    names = sorted(trainable_names_union(model, cfg.stages))
+    names = sorted(bundle_names(model, cfg.stages))
     state, opt_state = _restore(model, config.get("resume_from"))
     device = ray.train.torch.get_device()
     model.to(device)

@@ -12,6 +12,7 @@ experiments (``tracking.artifact_location``, e.g. ``s3://bucket/prism``), since 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -20,6 +21,8 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
 
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlartifacts"
@@ -44,13 +47,28 @@ def configure_tracking(tracking_uri: str | None = None, workdir: Path | None = N
     same store. Nothing is written except the parent folder of a SQLite file; the database itself
     is created by MLflow on first use (that takes a couple of seconds).
     """
-    uri = tracking_uri or os.environ.get(ENV_TRACKING_URI) or default_tracking_uri(workdir)
+    uri = tracking_uri or os.environ.get(ENV_TRACKING_URI)
+    if not uri:
+        uri = default_tracking_uri(workdir)
+        if _submitted_job():
+            log.warning(
+                "no MLFLOW_TRACKING_URI: this `ray job submit` driver uses the embedded store %s, inside Ray's copy "
+                "of the submitted folder on the head: Ray removes it with the session and no other node can open it. "
+                "Submit with MLFLOW_TRACKING_URI pointing at a tracking server (the cluster.yaml head runs one; "
+                "`--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": ...}}'`) or set tracking.tracking_uri",
+                redact_uri(uri))
     db_path = sqlite_path(uri)
     if db_path is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def _submitted_job() -> bool:
+    from prism.runtime.ray_cluster import is_submitted_job  # importing prism.runtime imports ray
+
+    return is_submitted_job()
 
 
 def sqlite_path(uri: str) -> Path | None:
