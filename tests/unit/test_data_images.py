@@ -119,7 +119,7 @@ def test_build_datasets_splits_into_parallel_blocks(ray_session, tmp_path, monke
     # from_pandas(df) alone is ONE block: one decode task on one core, nothing streamed until all is decoded
     from prism.config import load_config
     from prism.data import build_datasets
-    from prism.data.datasets import rows_dataset
+    from prism.data.datasets import FIRST_BLOCK_SPLIT, rows_dataset
     from prism.tasks import build_task
 
     monkeypatch.chdir(tmp_path)
@@ -129,8 +129,10 @@ def test_build_datasets_splits_into_parallel_blocks(ray_session, tmp_path, monke
     assert (data.n_train, data.n_val) == (70, 30)
     for ds, n in ((data.train, data.n_train), (data.val, data.n_val)):
         done = ds.materialize()
-        assert done.num_blocks() == math.ceil(n / 16) and done.count() == n
-        assert "tasks executed" in done.stats() and f"{math.ceil(n / 16)} tasks executed" in done.stats()
+        # the first map batch (16 rows) as FIRST_BLOCK_SPLIT tasks of 4 rows, then one task per 16 rows
+        tasks = FIRST_BLOCK_SPLIT + math.ceil((n - 16) / 16)
+        assert done.num_blocks() == tasks and done.count() == n
+        assert f"{tasks} tasks executed" in done.stats()
     batch = next(iter(data.val.iter_batches(batch_size=8)))
     assert batch["image"].shape == (8, 24, 24, 3) and batch["image"].dtype == np.uint8
     import pandas as pd
@@ -139,6 +141,11 @@ def test_build_datasets_splits_into_parallel_blocks(ray_session, tmp_path, monke
     assert rows_dataset(df, 4).num_blocks() == 3 and rows_dataset(df.iloc[:0], 4).count() == 0
     assert sorted(rows_dataset(df, 4).to_pandas()["path"]) == sorted(df["path"])
     assert rows_dataset(df, 1, max_blocks=4).num_blocks() == 4  # past the cap, blocks grow (3 rows each)
+    split = rows_dataset(df, 4, first_block_split=4)  # the first block (4 rows) as 4 blocks of 1, then 4, 2
+    assert [len(b) for b in split.iter_batches(batch_size=None, batch_format="pandas")] == [1, 1, 1, 1, 4, 2]
+    assert list(split.to_pandas()["path"]) == list(df["path"])
+    big = rows_dataset(df, 2, max_blocks=2, first_block_split=2)  # blocks of 5 past the cap; the first 2 rows cut
+    assert [len(b) for b in big.iter_batches(batch_size=None, batch_format="pandas")] == [1, 1, 5, 3]
 
 
 def test_decode_image_names_the_source_on_failure():
