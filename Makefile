@@ -11,7 +11,7 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV ?= 0
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: install postgres demo demo-sketches test test-fast lint bench clean
+.PHONY: install postgres haproxy demo demo-sketches test test-fast lint bench clean
 
 # Every benchmark, in this order (serving twice: the tiny demo model, where HTTP dominates, and ViT-S/14),
 # then docs/benchmarks.md from bench/results/. `make bench QUICK=1`: about a minute each.
@@ -38,7 +38,12 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql; }
 
-test: install postgres
+# The ingress test serves through HAProxy (prism serve --ingress haproxy): Debian's binary, installed the same way.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends haproxy; }
+
+test: install postgres haproxy
 	$(RUN) pytest
 
 test-fast: install

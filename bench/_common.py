@@ -46,8 +46,9 @@ LOWER_IS_BETTER = {"s", "ms", "seconds", "MiB"}
 class Row:
     """One comparison: Prism's figure, the reference figure and their ratio (> 1 = Prism ahead).
 
-    ``target`` is the goal for the ratio (or, with ``target_on="prism"``, for Prism's own figure), e.g.
-    ``0.95``; ``None`` when the row is informative only.
+    ``target`` is the goal for the ratio (or, with ``target_on="prism"``, a floor for Prism's own figure;
+    with ``target_on="prism_max"``, a ceiling, e.g. milliseconds of overhead), e.g. ``0.95``; ``None``
+    when the row is informative only.
     """
 
     what: str
@@ -68,8 +69,12 @@ class Row:
             self.ratio = self.reference / self.prism
         else:
             self.ratio = self.prism / self.reference
-        value = self.ratio if self.target_on == "ratio" else self.prism
-        self.met = None if self.target is None else bool(value >= self.target)
+        if self.target is None:
+            self.met = None
+        elif self.target_on == "prism_max":
+            self.met = bool(self.prism <= self.target)
+        else:
+            self.met = bool((self.ratio if self.target_on == "ratio" else self.prism) >= self.target)
 
 
 @dataclass

@@ -47,9 +47,11 @@ def _num(x: float | None) -> str:
 def _target(row: dict[str, Any]) -> str:
     if row.get("target") is None:
         return ""
-    on = "ratio" if row.get("target_on", "ratio") == "ratio" else "Prism"
+    on = row.get("target_on", "ratio")
     mark = "✅" if row.get("met") else "❌"
-    return f"{on} ≥ {row['target']:g} {mark}"
+    if on == "prism_max":
+        return f"Prism ≤ {row['target']:g} {row['unit']} {mark}"
+    return f"{'ratio' if on == 'ratio' else 'Prism'} ≥ {row['target']:g} {mark}"
 
 
 def _machine(m: dict[str, Any]) -> str:

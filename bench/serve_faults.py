@@ -123,12 +123,23 @@ def run_scenario(url: str, image: bytes, *, rate: float, duration_s: float, kill
                          for o in report.outcomes]}
 
 
-def deploy(work: Path, tracking_uri: str, raw: dict[str, Any]) -> str:
+def deploy(work: Path, tracking_uri: str, raw: dict[str, Any], ingress: str = "proxy") -> str:
     from prism.serve import run_local
 
     path = work / "serve.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return run_local(path, tracking_uri=tracking_uri, host="127.0.0.1", port=PORT, blocking=False)
+    return run_local(path, tracking_uri=tracking_uri, host="127.0.0.1", port=PORT, blocking=False, ingress=ingress)
+
+
+def haproxy_available() -> bool:
+    from prism.config.schema import ConfigError
+    from prism.serve.ingress import haproxy_binary
+
+    try:
+        haproxy_binary()
+    except ConfigError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -151,9 +162,12 @@ def main() -> None:
     tracking_uri, model_uri = register_model(work, [])
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     runs: dict[str, dict[str, Any]] = {}
+    plan = [("before", False, "proxy"), ("after", True, "proxy")]
+    if haproxy_available():
+        plan.append(("haproxy", True, "haproxy"))
     try:
-        for name, on in (("before", False), ("after", True)):
-            url = deploy(work, tracking_uri, fault_config(model_uri, retry_layer=on))
+        for name, on, ingress in plan:
+            url = deploy(work, tracking_uri, fault_config(model_uri, retry_layer=on), ingress)
             wait_replicas(2, set(), timeout_s=120)
             runs[name] = run_scenario(url, image, rate=args.rate, duration_s=duration, kill_at_s=kill_at,
                                       client_retries=on)
@@ -174,6 +188,18 @@ def main() -> None:
         Row("max latency of answered requests", "ms", after["max_ms"], before["max_ms"], **labels),
         Row("killed replica replaced after", "s", after["replaced_after_s"], before["replaced_after_s"], **labels),
     ]
+    if "haproxy" in runs:
+        ha = runs["haproxy"]
+        ha_labels = {"prism_label": "ingress haproxy (HAProxy retry-on) + prism.serve.client.Client",
+                     "reference_label": labels["reference_label"]}
+        rows += [
+            Row("haproxy ingress: requests answered (success rate), one of 2 replicas killed", "%",
+                100 * ha["success_rate"], 100 * before["success_rate"], target=99.9, target_on="prism", **ha_labels),
+            Row("haproxy ingress: p50 latency of answered requests", "ms", ha["p50_ms"], before["p50_ms"], **ha_labels),
+            Row("haproxy ingress: p99 latency of answered requests", "ms", ha["p99_ms"], before["p99_ms"], **ha_labels),
+            Row("haproxy ingress: killed replica replaced after", "s", ha["replaced_after_s"],
+                before["replaced_after_s"], **ha_labels),
+        ]
     result = BenchResult(
         name="serve_faults", title="Replica loss under load: 2 replicas, one killed", rows=rows, quick=args.quick,
         setup=f"{args.rate:g} requests/s for {duration:g} s (one 128x128 JPEG each), SIGKILL to one of 2 replicas "
@@ -185,6 +211,9 @@ def main() -> None:
             "before: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH empty (Serve's proxy as it comes) and a client "
             "without retries; after: the configs' proxy middleware (prism.serve.proxy_retry) and "
             "prism.serve.client.Client (retries on 502/503/504 and connection errors, Retry-After honoured).",
+            "haproxy (when the haproxy binary is installed): the after run with prism serve --ingress haproxy: "
+            "HAProxy in front of replicas that answer HTTP themselves, resending requests whose replica "
+            "closed the connection without an answer (prism.serve.ingress.HAPROXY_RETRY_ON).",
             "details.<run>.errors counts the failed requests by error, details.<run>.outcomes lists every request "
             "(start s, latency ms, ok, error). Replacement: seconds from the kill until 2 replica processes live "
             "again and Serve reports the deployment HEALTHY with 2 RUNNING replicas (Serve's controller restarts "

@@ -324,7 +324,8 @@ def _cmd_dual_circle(args) -> int:
 def _cmd_serve(args) -> int:
     from prism.serve import run_local
 
-    run_local(args.config, model_uri=args.model, tracking_uri=args.tracking_uri, host=args.host, port=args.port)
+    run_local(args.config, model_uri=args.model, tracking_uri=args.tracking_uri, host=args.host, port=args.port,
+              ingress=args.ingress)
     return 0
 
 
@@ -511,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow store of the model (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--host", default=None, help="HTTP host (config default 127.0.0.1; 0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (config default 8000)")
+    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+                   help="how HTTP reaches the replicas: proxy = Serve's Python proxy (default); haproxy = HAProxy "
+                   "in front of replicas that answer HTTP themselves: a fraction of the per-request overhead and "
+                   "~2.5x the one-image throughput (needs the haproxy binary, e.g. apt-get install haproxy; "
+                   "experimental in Ray Serve). See docs/architecture.md, \"Ingress\"")
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("backbones", help="list registered backbones")

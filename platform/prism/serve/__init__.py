@@ -14,6 +14,7 @@ Modules, from the outside in::
     settings.py     ServeSettings (user_config: limits, batching, ReloadSettings), AppArgs (builder args)
     health.py       ModelHealth: batch outcomes, a probe when batches fail, Serve's health check
     proxy_retry.py  ReplicaLossRetry: the middleware in Serve's proxies that resends requests of dead replicas
+    ingress.py      with_ingress: Serve's Python proxy (default) or HAProxy in front of direct-ingress replicas
     client.py       Client: the HTTP API from Python, retrying lost replicas (503) and connection failures
 
 Configs live in ``serve_configs/`` (``serve run serve_configs/circles.yaml``). The names below load on first

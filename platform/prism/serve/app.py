@@ -22,6 +22,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from prism.config.schema import ConfigError
 from prism.serve.deployment import DEPLOYMENT, ModelServer
+from prism.serve.ingress import Ingress, with_ingress
 from prism.serve.proxy_retry import CALLBACK_ENV, RETRY_HEADER, proxy_env
 from prism.serve.settings import AppArgs, ServeSettings, resolve_tracking_uri, settings_dict
 
@@ -57,13 +58,15 @@ def load_serve_config(
     tracking_uri: str | None = None,
     host: str | None = None,
     port: int | None = None,
+    ingress: Ingress = "proxy",
 ) -> ServeDeploySchema:
     """Read a Serve config, apply the overrides, validate it with Serve's own schema.
 
     ``model_uri`` goes into the ``user_config`` of each Prism app's ``ModelServer`` deployment,
     ``tracking_uri`` into its ``args`` (resolved to an absolute URI here, so replicas in other processes
-    open the same store), ``host``/``port`` into ``http_options``. Invalid configs raise
-    :class:`ConfigError` naming the file and the key.
+    open the same store), ``host``/``port`` into ``http_options``, ``ingress="haproxy"`` into the
+    controller's and the replicas' environment (:func:`prism.serve.ingress.with_ingress`). Invalid configs
+    raise :class:`ConfigError` naming the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -89,6 +92,7 @@ def load_serve_config(
                 entry = {"name": DEPLOYMENT}
                 deployments.append(entry)
             entry["user_config"] = {**(entry.get("user_config") or {}), "model_uri": model_uri}
+    raw = with_ingress(raw, ingress, BUILDER, DEPLOYMENT)
     try:
         return ServeDeploySchema.model_validate(raw)
     except ValidationError as exc:
@@ -186,12 +190,15 @@ def run_local(
     port: int | None = None,
     blocking: bool = True,
     timeout_s: float = 300.0,
+    ingress: Ingress = "proxy",
 ) -> str:
     """Start the model app on Ray Serve (``RAY_ADDRESS`` or a local Ray) and block until interrupted.
 
     ``config`` is a Serve config file (deployed as ``serve run`` deploys it: Serve's controller builds the
     app from ``import_path`` and applies ``deployments:``), or :class:`AppArgs` for a one-replica app at
-    ``/``. Keyword arguments override the config (see :func:`load_serve_config`). The model URI is resolved
+    ``/``. Keyword arguments override the config (see :func:`load_serve_config`); ``ingress="haproxy"``
+    puts HAProxy in front of replicas that answer HTTP themselves (:mod:`prism.serve.ingress`; Serve must
+    not be running yet with the other ingress). The model URI is resolved
     against the tracking store first (:class:`ConfigError` naming the registered models/aliases if it does
     not resolve). Returns the base URL when ``blocking=False``; on Ctrl-C Serve is shut down.
     """
@@ -200,6 +207,8 @@ def run_local(
     from prism.runtime.ray_cluster import ensure_ray
 
     if isinstance(config, AppArgs):
+        if ingress != "proxy":
+            raise ConfigError(f"ingress {ingress!r} needs a Serve config file (e.g. serve_configs/circles.yaml)")
         updates: dict[str, Any] = {"tracking_uri": resolve_tracking_uri(tracking_uri or config.tracking_uri)}
         if model_uri is not None:
             updates["settings"] = config.settings.model_copy(update={"model_uri": model_uri})
@@ -215,7 +224,8 @@ def run_local(
         serve.run(build_app(args), name="prism", route_prefix="/")
         url = f"http://{host or '127.0.0.1'}:{port or 8000}"
     else:
-        schema = load_serve_config(config, model_uri=model_uri, tracking_uri=tracking_uri, host=host, port=port)
+        schema = load_serve_config(config, model_uri=model_uri, tracking_uri=tracking_uri, host=host, port=port,
+                                   ingress=ingress)
         for app_name, store, uri in _served_models(schema):
             _check_model(app_name, store, uri)
         ensure_ray()
@@ -226,7 +236,8 @@ def run_local(
         _wait_running(names, timeout_s)
         prefix = next((a.route_prefix for a in schema.applications if a.import_path == BUILDER), "/") or "/"
         url = f"http://{schema.http_options.host}:{schema.http_options.port}{prefix.rstrip('/')}"
-    check_proxy_retry(url)
+    if ingress == "proxy":  # HAProxy resends requests of dead replicas itself (prism.serve.ingress)
+        check_proxy_retry(url)
     print(f"[prism] serving at {url}  (API docs: {url}/docs)", flush=True)
     if not blocking:
         return url
