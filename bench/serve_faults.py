@@ -131,15 +131,7 @@ def deploy(work: Path, tracking_uri: str, raw: dict[str, Any], ingress: str = "p
     return run_local(path, tracking_uri=tracking_uri, host="127.0.0.1", port=PORT, blocking=False, ingress=ingress)
 
 
-def haproxy_available() -> bool:
-    from prism.config.schema import ConfigError
-    from prism.serve.ingress import haproxy_binary
 
-    try:
-        haproxy_binary()
-    except ConfigError:
-        return False
-    return True
 
 
 def main() -> None:
@@ -163,6 +155,8 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     runs: dict[str, dict[str, Any]] = {}
     plan = [("before", False, "proxy"), ("after", True, "proxy")]
+    from prism.serve.ingress import haproxy_available
+
     if haproxy_available():
         plan.append(("haproxy", True, "haproxy"))
     try:
@@ -214,12 +208,13 @@ def main() -> None:
             "haproxy (when the haproxy binary is installed): the after run with prism serve --ingress haproxy: "
             "HAProxy in front of replicas that answer HTTP themselves, resending requests whose replica "
             "closed the connection without an answer (prism.serve.ingress.HAPROXY_RETRY_ON).",
-            "details.<run>.errors counts the failed requests by error, details.<run>.outcomes lists every request "
+            "details.<run>.errors counts the failed requests by error, details.<run>.failed lists each of them "
             "(start s, latency ms, ok, error). Replacement: seconds from the kill until 2 replica processes live "
             "again and Serve reports the deployment HEALTHY with 2 RUNNING replicas (Serve's controller restarts "
             "the lost one).",
         ],
-        details={name: {k: v for k, v in run.items()} for name, run in runs.items()},
+        details={name: {**{k: v for k, v in run.items() if k != "outcomes"},
+                        "failed": [o for o in run["outcomes"] if not o[2]]} for name, run in runs.items()},
     )
     write_result(result)
 

@@ -10,8 +10,7 @@ import pytest
 import requests
 import yaml
 
-from prism.config.schema import ConfigError
-from prism.serve.ingress import haproxy_binary
+from prism.serve.ingress import haproxy_available
 from tests.conftest import ROOT
 from tests.helpers.images import sample_images
 from tests.helpers.mlflow_store import registry
@@ -21,18 +20,8 @@ pytestmark = [
     pytest.mark.ray,
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),
+    pytest.mark.skipif(not haproxy_available(), reason="no haproxy binary (make test installs it)"),
 ]
-
-
-def _has_haproxy() -> bool:
-    try:
-        haproxy_binary()
-    except ConfigError:
-        return False
-    return True
-
-
-pytestmark.append(pytest.mark.skipif(not _has_haproxy(), reason="no haproxy binary (make test installs it)"))
 
 TIMEOUT = 60
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from prism.config.schema import ConfigError
+from prism.serve.ingress import INGRESS_KINDS
 
 __all__ = ["main"]
 
@@ -512,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow store of the model (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--host", default=None, help="HTTP host (config default 127.0.0.1; 0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (config default 8000)")
-    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+    p.add_argument("--ingress", choices=INGRESS_KINDS, default="proxy",
                    help="how HTTP reaches the replicas: proxy = Serve's Python proxy (default); haproxy = HAProxy "
                    "in front of replicas that answer HTTP themselves: a fraction of the per-request overhead and "
                    "~2.5x the one-image throughput (needs the haproxy binary, e.g. apt-get install haproxy; "

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from prism.config.schema import ConfigError
 
-__all__ = ["INGRESS_KINDS", "Ingress", "haproxy_binary", "haproxy_env", "with_ingress"]
+__all__ = ["INGRESS_KINDS", "Ingress", "haproxy_available", "haproxy_binary", "haproxy_env", "with_ingress"]
 
 Ingress = Literal["proxy", "haproxy"]
 INGRESS_KINDS: tuple[str, ...] = ("proxy", "haproxy")
@@ -55,6 +55,15 @@ def haproxy_binary() -> str:
             "or set RAY_SERVE_HAPROXY_BINARY_PATH; or serve with the default ingress 'proxy'"
             + (f" (RAY_SERVE_HAPROXY_BINARY_PATH={explicit!r} is not an executable file)" if explicit else ""))
     return found
+
+
+def haproxy_available() -> bool:
+    """Whether :func:`haproxy_binary` finds an executable."""
+    try:
+        haproxy_binary()
+    except ConfigError:
+        return False
+    return True
 
 
 def haproxy_env(binary: str | None = None) -> dict[str, str]:
@@ -90,14 +99,15 @@ def with_ingress(raw: dict[str, Any], ingress: Ingress, builder: str, deployment
         return raw
     env = haproxy_env()
     out = {**raw, "controller_options": _with_env(raw.get("controller_options"), env)}
-    apps = []
-    for app in raw.get("applications") or []:
-        if app.get("import_path") == builder:
-            deployments = [d for d in app.get("deployments") or [] if d.get("name") == deployment]
-            others = [d for d in app.get("deployments") or [] if d.get("name") != deployment]
-            deployments = deployments or [{"name": deployment}]
-            app = {**app, "deployments": [*others, *({**d, "ray_actor_options": _with_env(
-                d.get("ray_actor_options"), env)} for d in deployments)]}
-        apps.append(app)
-    out["applications"] = apps
+    out["applications"] = [_with_replica_env(app, deployment, env) if app.get("import_path") == builder else app
+                           for app in raw.get("applications") or []]
     return out
+
+
+def _with_replica_env(app: dict[str, Any], deployment: str, env: dict[str, str]) -> dict[str, Any]:
+    """``app`` with ``env`` in the ``ray_actor_options`` of its ``deployment`` (an entry added if it has none)."""
+    deployments = list(app.get("deployments") or [])
+    if not any(d.get("name") == deployment for d in deployments):
+        deployments.append({"name": deployment})
+    return {**app, "deployments": [{**d, "ray_actor_options": _with_env(d.get("ray_actor_options"), env)}
+                                   if d.get("name") == deployment else d for d in deployments]}
